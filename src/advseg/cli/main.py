@@ -1,0 +1,182 @@
+"""The ``advseg`` command: a thin layer over the Python API.
+
+Every command catches :class:`advseg.errors.InputError` and prints it as one line per problem,
+``error: <file>: <problem>``, exits with status 2 and never shows a traceback for bad input.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from advseg.errors import InputError
+
+app = typer.Typer(
+    name="advseg",
+    help="Semi-supervised adversarial 3D segmentation: phantom data, training, prediction, evaluation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(exc: InputError) -> None:
+    for line in exc.one_line().splitlines():
+        typer.echo(f"error: {line}", err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def phantom(
+    out: Annotated[Path, typer.Argument(help="Dataset folder to create (MSD layout).")],
+    labeled: Annotated[int, typer.Option(help="Labeled training cases (imagesTr/labelsTr).")] = 12,
+    unlabeled: Annotated[int, typer.Option(help="Unlabeled cases (imagesUnlabeled/, no labels).")] = 24,
+    test: Annotated[int, typer.Option(help="Test cases (imagesTs/ with labelsTs/).")] = 6,
+    shape: Annotated[tuple[int, int, int], typer.Option(help="Volume shape Z Y X.")] = (64, 128, 128),
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 0,
+) -> None:
+    """Write a synthetic male-pelvis CT dataset (HU, 6 classes) in MSD / nnU-Net layout."""
+    from advseg.data.phantom import write_phantom_dataset
+
+    try:
+        write_phantom_dataset(out, labeled=labeled, unlabeled=unlabeled, test=test, shape=shape, seed=seed)
+    except InputError as exc:
+        _fail(exc)
+    typer.echo(f"wrote {labeled} labeled, {unlabeled} unlabeled and {test} test cases to {out}")
+
+
+@app.command()
+def validate(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder (MSD or nnU-Net v2 raw layout).")],
+    unlabeled: Annotated[
+        list[Path] | None, typer.Option(help="Extra folder(s) of unlabeled images to check too.")
+    ] = None,
+) -> None:
+    """Check a dataset folder before anything is trained; one line per problem."""
+    from advseg.data.dataset import load_dataset
+    from advseg.data.validate import validate_dataset
+
+    try:
+        index = load_dataset(dataset, unlabeled_dirs=unlabeled)
+        validate_dataset(index)
+    except InputError as exc:
+        _fail(exc)
+    typer.echo(
+        f"{dataset}: OK ({len(index.training)} labeled, {len(index.unlabeled)} unlabeled, "
+        f"{len(index.test)} test cases; classes {index.labels})"
+    )
+
+
+def _config(preset: str | None, config: Path | None, overrides: list[str] | None):
+    from advseg.config import apply_overrides, load_config, load_preset
+
+    if preset and config:
+        raise InputError(config, "give --preset or --config, not both")
+    cfg = load_config(config) if config else load_preset(preset or "res_unet_aux+cpu")
+    return apply_overrides(cfg, overrides or [])
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="Labeled dataset folder.")],
+    out: Annotated[Path, typer.Option(help="Run folder to write (config, checkpoints, logs).")],
+    unlabeled: Annotated[list[Path] | None, typer.Option(help="Folder(s) of unlabeled images.")] = None,
+    preset: Annotated[str | None, typer.Option(help="Preset(s), e.g. res_unet_aux_adv_semi+cpu.")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config file.")] = None,
+    iterations: Annotated[int | None, typer.Option(help="Override train.iterations.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out exactly where it stopped.")] = False,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a key, e.g. --set train.batch_size=4.")
+    ] = None,
+) -> None:
+    """Train a segmenter (supervised, adversarial or semi-supervised, per the config)."""
+    from advseg.training.api import train_run
+
+    try:
+        overrides = list(set_ or [])
+        if iterations is not None:
+            overrides.append(f"train.iterations={iterations}")
+        cfg = None if resume and preset is None and config is None else _config(preset, config, overrides)
+        train_run(cfg, data=data, out=out, unlabeled=unlabeled or [], resume=resume)
+    except InputError as exc:
+        _fail(exc)
+
+
+@app.command()
+def predict(
+    model_dir: Annotated[Path, typer.Argument(help="Training run folder.")],
+    input: Annotated[Path, typer.Argument(help="A NIfTI file or a folder of them.")],
+    output: Annotated[Path, typer.Argument(help="Output file (for one input) or folder.")],
+    mode: Annotated[str | None, typer.Option(help="slabs | sliding_window (default: from config).")] = None,
+    tta: Annotated[bool | None, typer.Option(help="Flip test-time augmentation.")] = None,
+    keep_largest: Annotated[bool | None, typer.Option(help="Keep the largest component per class.")] = None,
+    checkpoint: Annotated[str, typer.Option(help="best | last")] = "best",
+    save_confidence: Annotated[bool, typer.Option(help="Also write D's confidence map per case.")] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+) -> None:
+    """Segment images with a trained model; labels come out in each input's original geometry."""
+    from advseg.inference.api import predict_path
+
+    try:
+        predict_path(
+            model_dir, input, output, mode=mode, tta=tta, keep_largest=keep_largest,
+            checkpoint=checkpoint, save_confidence=save_confidence, device=device,
+        )
+    except InputError as exc:
+        _fail(exc)
+
+
+@app.command()
+def evaluate(
+    pred_dir: Annotated[Path, typer.Argument(help="Folder of predicted label files.")],
+    label_dir: Annotated[Path, typer.Argument(help="Folder of ground-truth label files (same names).")],
+    out: Annotated[Path | None, typer.Option(help="Where to write per_case.csv, summary.md/json.")] = None,
+    dataset_json: Annotated[Path | None, typer.Option(help="dataset.json naming the classes.")] = None,
+    nsd_tolerance: Annotated[float, typer.Option(help="Normalized surface Dice tolerance (mm).")] = 2.0,
+) -> None:
+    """Per-case and per-organ metrics (DSC, AHD, ASHD, RVD, HD95, NSD, ...) of predictions vs labels."""
+    from advseg.evaluation.evaluate import evaluate_folders, format_summary
+
+    try:
+        summary = evaluate_folders(
+            pred_dir, label_dir, out or pred_dir.parent / f"{pred_dir.name}_eval",
+            dataset_json=dataset_json, nsd_tolerance_mm=nsd_tolerance,
+        )
+    except InputError as exc:
+        _fail(exc)
+    typer.echo(format_summary(summary))
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/demo"),
+    method: Annotated[
+        str | None, typer.Option(help="One method preset (default: baseline vs semi-adversarial).")
+    ] = None,
+    synthetic: Annotated[int, typer.Option(help="Add N GAN-synthesized volumes to the unlabeled pool.")] = 0,
+    iterations: Annotated[int | None, typer.Option(help="Override the CPU preset's iterations.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for data and training.")] = 0,
+) -> None:
+    """Phantom data -> train -> predict -> evaluate, on the CPU, in minutes."""
+    from advseg.experiments.demo import run_demo
+
+    try:
+        run_demo(out, method=method, synthetic=synthetic, iterations=iterations, seed=seed)
+    except InputError as exc:
+        _fail(exc)
+
+
+def main() -> None:
+    try:
+        app()
+    except InputError as exc:  # a command that forgot to catch; still one line, no traceback
+        for line in exc.one_line().splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

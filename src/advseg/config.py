@@ -1,0 +1,292 @@
+"""Run configuration: dataclasses with YAML presets.
+
+A preset is a YAML file in ``advseg/configs/`` (``configs/`` at the repository root links there);
+it may name a ``base:`` preset it extends. Only the keys a preset sets are overridden, so presets
+stay short. The final, fully expanded config is saved as ``config.yaml`` in every run folder and
+inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from advseg.errors import InputError
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class DataConfig:
+    """Preprocessing and sampling.
+
+    ``recipe="pelvic"`` is the pelvic CT study's: center-crop each axial slice to
+    ``crop_xy`` voxels, resize to ``resize_xy``, keep the middle ``n_slices`` slices.
+    ``recipe="general"``: resample to ``target_spacing`` (mm, ``(z, y, x)``; None keeps the
+    median spacing of the dataset), reorient to RAS, crop to the body / nonzero region, then normalise
+    intensities (CT: clip to ``hu_window`` and scale to [-1, 1]; MR: clip to the
+    ``percentiles`` and z-score per volume).
+    """
+
+    recipe: str = "pelvic"
+    modality: str = "auto"  # "CT", "MR" or "auto" (from dataset.json)
+    crop_xy: int = 384
+    resize_xy: int = 128
+    n_slices: int = 64
+    target_spacing: list[float] | None = None
+    hu_window: list[float] = field(default_factory=lambda: [-1000.0, 1000.0])
+    percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
+    patch_size: list[int] = field(default_factory=lambda: [16, 128, 128])
+    foreground_oversample: float = 0.33
+    cache_dir: str | None = None  # default: <run dir>/../.advseg_cache, or ADVSEG_CACHE
+
+
+@dataclass
+class AugmentConfig:
+    """Each augmentation has a probability; 0 switches it off."""
+
+    translate_prob: float = 0.5
+    translate_max_voxels: int = 8  # in X and Y
+    flip_prob: float = 0.5  # left-right
+    contrast_prob: float = 0.3
+    contrast_gamma: list[float] = field(default_factory=lambda: [0.7, 1.5])
+    rotate_prob: float = 0.3
+    rotate_deg: float = 10.0  # about the slice axis, uniform in [-deg, deg]
+    noise_prob: float = 0.2
+    noise_std: float = 0.05
+
+
+@dataclass
+class NetworkConfig:
+    """The segmenter S.
+
+    ``name`` is ``res_unet`` (advseg's residual U-Net family) or ``monai:<Class>`` for any
+    network in ``monai.networks.nets`` (``kwargs`` are passed to it).
+    """
+
+    name: str = "res_unet"
+    spatial_dims: int = 3
+    in_channels: int = 1
+    out_channels: int = 6
+    channels: list[int] = field(default_factory=lambda: [64, 128, 256])
+    res_blocks: int = 1  # residual blocks per level
+    pooling: str = "multiscale"  # "max" or "multiscale"
+    aux: bool = True  # auxiliary classifiers at 1/2 and 1/4 resolution
+    aux_weights: list[float] = field(default_factory=lambda: [0.5, 0.25])
+    norm: str = "batch"  # "batch" or "instance"
+    act: str = "relu"  # "relu" or "leakyrelu"
+    dropout: float = 0.0
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LossConfig:
+    """Voxel-wise loss L_vox: ``adaptive_ce`` (w_c = 2 - DSC_c + ln(N_all/N_c)), ``ce``,
+    ``dice``, ``dice_ce`` or ``gdice_attention`` (ASDNet generalized Dice with sample attention)."""
+
+    name: str = "adaptive_ce"
+    dice_momentum: float = 0.9  # running-mean factor for DSC_c in the adaptive weights
+    deep_supervision_weights: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25])
+    attention_beta: float = 2.0
+
+
+@dataclass
+class AdversarialConfig:
+    """The discriminator D and the semi-supervised scheme (method issue)."""
+
+    enabled: bool = False
+    discriminator: str = "fcn"  # fcn | image | dcgan2d | fusion
+    d_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    d_lr: float = 1e-4
+    onehot_fake: bool = True  # feed D with one-hot(argmax S(x)) (straight-through gradient)
+    lambda_adv: float = 0.01
+    lambda_adv_unlabeled: float = 0.001
+    semi: bool = False
+    lambda_semi: float = 0.1
+    t_semi: float = 0.2
+    pretrain_iterations: int = 5000
+    unlabeled_prob: float = 0.5  # chance an iteration after pre-training also uses an unlabeled batch
+    d_steps: int = 1  # discriminator steps per segmenter step (Kohl et al.: 3)
+    mode: str = "semi_adv"  # semi_adv | pure | hybrid | asdnet | fusion
+    mask_poison_std: float = 0.0  # fusion: noise added to ground truth when training D
+    noise_std: float = 0.1  # fusion: noise on the second copy of an unlabeled image
+    supervised_tail: int = 0  # fusion: supervised-only for the last N iterations
+    collapse_window: int = 200  # iterations of near-zero L_D or D(real)~D(fake) before a warning
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 40000
+    batch_size: int = 2
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    poly_power: float = 0.9
+    val_every: int = 500
+    checkpoint_every: int = 500
+    figure_every: int = 0  # 0: with every validation
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # mixed precision on CUDA
+    bf16_cpu: bool = False  # bf16 autocast on CPU (measured faster on some CPUs)
+    num_workers: int = 0
+    labeled_fraction: float = 1.0
+    labeled_count: int | None = None
+    folds: int = 5
+    fold: int = 0
+    val_cases: int | None = None  # cap the validation set size (speed)
+    slices_2d: bool = False  # train a 2D network on axial slices of the 3D volumes
+
+
+@dataclass
+class InferenceConfig:
+    mode: str = "slabs"  # "slabs" (the study's 4 x 16 slices) or "sliding_window"
+    overlap: float = 0.5
+    sw_batch_size: int = 2
+    tta_flip: bool = False
+    keep_largest: bool = False
+    checkpoint: str = "best"  # best | last
+
+
+@dataclass
+class Config:
+    name: str = "res_unet_aux"
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _merge(obj: Any, updates: dict[str, Any], where: str) -> Any:
+    """Return a copy of dataclass ``obj`` with ``updates`` applied recursively, type-checked."""
+    if not isinstance(updates, dict):
+        raise InputError(where, f"expected a mapping, got {type(updates).__name__}")
+    hints = get_type_hints(type(obj))
+    names = {f.name for f in fields(obj)}
+    changes = {}
+    for key, value in updates.items():
+        if key not in names:
+            raise InputError(where, f"unknown config key '{key}' (known: {', '.join(sorted(names))})")
+        current = getattr(obj, key)
+        if is_dataclass(current):
+            changes[key] = _merge(current, value or {}, f"{where}.{key}")
+        else:
+            changes[key] = _coerce(value, hints[key], f"{where}.{key}")
+    return dataclasses.replace(obj, **changes)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    if value is None:
+        return None
+    text = str(hint)
+    if hint is bool or text == "bool":
+        if not isinstance(value, bool):
+            raise InputError(where, f"expected true/false, got {value!r}")
+        return value
+    if hint is int or text in ("int", "int | None"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(where, f"expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InputError(where, f"expected a number, got {value!r}")
+        return float(value)
+    if hint is str or text in ("str", "str | None"):
+        if not isinstance(value, str):
+            raise InputError(where, f"expected a string, got {value!r}")
+        return value
+    if text.startswith("list") and not isinstance(value, list):
+        raise InputError(where, f"expected a list, got {value!r}")
+    return value
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(path, f"invalid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise InputError(path, "a config file must be a mapping of sections")
+    return data
+
+
+def _resolve(data: dict[str, Any], where: Path, seen: tuple[str, ...] = ()) -> Config:
+    data = dict(data)
+    base = data.pop("base", None)
+    if base is None:
+        cfg = Config()
+    else:
+        if base in seen:
+            raise InputError(where, f"preset cycle through '{base}'")
+        cfg = _resolve(_load_yaml(_preset_path(base)), _preset_path(base), (*seen, base))
+    return _merge(cfg, data, str(where))
+
+
+def _preset_path(name: str) -> Path:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise InputError(None, f"unknown preset '{name}' (known: {', '.join(preset_names())})")
+    return path
+
+
+def load_preset(name: str) -> Config:
+    """The preset ``name`` from ``advseg/configs/`` (with its ``base`` chain resolved).
+
+    ``"a+b"`` applies the keys of preset ``b`` on top of ``a``: a method preset plus a size preset,
+    e.g. ``res_unet_aux_adv_semi+cpu``. The config's ``name`` is the first part.
+    """
+    first, *rest = name.split("+")
+    path = _preset_path(first)
+    cfg = _resolve(_load_yaml(path), path, (first,))
+    for extra in rest:
+        extra_path = _preset_path(extra)
+        data = _load_yaml(extra_path)
+        data.pop("base", None)
+        cfg = _merge(cfg, data, str(extra_path))
+    return dataclasses.replace(cfg, name=first)
+
+
+def load_config(path: str | Path) -> Config:
+    """A user's YAML config file (it may name ``base: <preset>``)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "config file not found")
+    return _resolve(_load_yaml(path), path)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a saved config (``Config.to_dict()`` output, e.g. from a checkpoint)."""
+    return _merge(Config(), data, "config")
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply ``section.key=value`` strings (values parsed as YAML), e.g. ``train.iterations=100``."""
+    for item in overrides:
+        if "=" not in item:
+            raise InputError(None, f"override '{item}' is not of the form section.key=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw)
+        nested: dict[str, Any] = {}
+        node = nested
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+        cfg = _merge(cfg, nested, f"override {key}")
+    return cfg
