@@ -26,10 +26,12 @@ class DataConfig:
 
     ``recipe="pelvic"`` is the pelvic CT study's: center-crop each axial slice to
     ``crop_xy`` voxels, resize to ``resize_xy``, keep the middle ``n_slices`` slices.
-    ``recipe="general"``: resample to ``target_spacing`` (mm, ``(z, y, x)``; None keeps the
-    median spacing of the dataset), reorient to RAS, crop to the body / nonzero region, then normalise
-    intensities (CT: clip to ``hu_window`` and scale to [-1, 1]; MR: clip to the
-    ``percentiles`` and z-score per volume).
+    ``recipe="general"``: crop to the body / nonzero region, flip axes to a canonical orientation
+    (array axis order kept, affine diagonal made positive), resample to ``target_spacing`` (mm,
+    ``(z, y, x)``; None keeps each volume's spacing), then normalise intensities (CT: clip to
+    ``hu_window`` and scale to [-1, 1]; MR: clip to the ``percentiles`` of the nonzero voxels and
+    z-score per volume and channel). See :mod:`advseg.data.preprocess`.
+    ``patch_size``: 3 ints ``(Z, Y, X)`` for 3D patches, 2 ints ``(Y, X)`` for 2D axial slices.
     """
 
     recipe: str = "pelvic"
@@ -42,7 +44,7 @@ class DataConfig:
     percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
     patch_size: list[int] = field(default_factory=lambda: [16, 128, 128])
     foreground_oversample: float = 0.33
-    cache_dir: str | None = None  # default: <run dir>/../.advseg_cache, or ADVSEG_CACHE
+    cache_dir: str | None = None  # preprocessing cache; $ADVSEG_CACHE wins; default ~/.cache/advseg
 
 
 @dataclass
@@ -92,6 +94,9 @@ class LossConfig:
     dice_momentum: float = 0.9  # running-mean factor for DSC_c in the adaptive weights
     deep_supervision_weights: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25])
     attention_beta: float = 2.0
+    dice_include_background: bool = True  # dice, dice_ce, gdice_attention
+    dice_batch: bool = True  # dice, dice_ce: pool Dice over the batch (stable on patches missing a class)
+    ignore_index: int | None = None  # label value excluded from ce / adaptive_ce
 
 
 @dataclass
@@ -100,14 +105,21 @@ class AdversarialConfig:
 
     enabled: bool = False
     discriminator: str = "fcn"  # fcn | image | dcgan2d | fusion
-    d_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    d_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # dcgan2d: 5 widths -> 6 convs
+    d_norm: str = "auto"  # auto (fcn: none; image, fusion: instance) | none | instance | batch; dcgan2d: none
+    # D's input: product (x*y) | concat (cat(x, y)) | label (y alone);
+    # auto: fcn -> product, image and fusion -> concat, dcgan2d -> label
+    d_input: str = "auto"
+    # Added to the normalised image before x * y: CT in [-1, 1] has water-like tissue at ~0, which the
+    # product would hide from D (and S would get no adversarial gradient there).
+    d_image_offset: float = 1.0
     d_lr: float = 1e-4
     onehot_fake: bool = True  # feed D with one-hot(argmax S(x)) (straight-through gradient)
     lambda_adv: float = 0.01
     lambda_adv_unlabeled: float = 0.001
     semi: bool = False
     lambda_semi: float = 0.1
-    t_semi: float = 0.2
+    t_semi: float = 0.2  # confidence threshold of L_semi (ASDNet's gamma)
     pretrain_iterations: int = 5000
     unlabeled_prob: float = 0.5  # chance an iteration after pre-training also uses an unlabeled batch
     d_steps: int = 1  # discriminator steps per segmenter step (Kohl et al.: 3)
@@ -116,6 +128,8 @@ class AdversarialConfig:
     noise_std: float = 0.1  # fusion: noise on the second copy of an unlabeled image
     supervised_tail: int = 0  # fusion: supervised-only for the last N iterations
     collapse_window: int = 200  # iterations of near-zero L_D or D(real)~D(fake) before a warning
+    collapse_eps_loss: float = 1e-3  # "L_D near 0"
+    collapse_eps_gap: float = 0.02  # "D(real) close to D(fake)": |mean sigmoid(D) real - fake|
 
 
 @dataclass

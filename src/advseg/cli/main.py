@@ -61,9 +61,11 @@ def validate(
 
     try:
         index = load_dataset(dataset, unlabeled_dirs=unlabeled)
-        validate_dataset(index)
+        warnings = validate_dataset(index)
     except InputError as exc:
         _fail(exc)
+    for w in warnings:
+        typer.echo(f"warning: {w}", err=True)
     typer.echo(
         f"{dataset}: OK ({len(index.training)} labeled, {len(index.unlabeled)} unlabeled, "
         f"{len(index.test)} test cases; classes {index.labels})"
