@@ -91,10 +91,17 @@ def write_volume(path: str | Path, volume: Volume, dtype: np.dtype | type | None
     os.close(fd)
     try:
         io.write(Path(tmp), volume, None if dtype is None else np.dtype(dtype))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _full_suffix(path: Path) -> str:

@@ -1,0 +1,39 @@
+"""Shared fixtures: a tiny phantom dataset, an isolated preprocessing cache, the real-data path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Two cores on the development machine and in CI: more threads only thrash.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never touch the user's ~/.cache/advseg from a test."""
+    monkeypatch.setenv("ADVSEG_CACHE", str(tmp_path_factory.getbasetemp() / "advseg_cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 labeled, 3 unlabeled and 2 test phantom cases of 32 x 64 x 64 voxels (read-only for tests)."""
+    from advseg.data.phantom import write_phantom_dataset
+
+    root = tmp_path_factory.mktemp("phantom") / "data"
+    write_phantom_dataset(root, labeled=4, unlabeled=3, test=2, shape=(32, 64, 64), seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def hippocampus() -> Path:
+    path = SHARED_DATA / "msd-hippocampus"
+    if not path.exists():
+        pytest.skip("../shared/data/msd-hippocampus not present (fresh clone without the shared data)")
+    return path
