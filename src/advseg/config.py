@@ -49,17 +49,17 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    """Each augmentation has a probability; 0 switches it off."""
+    """Each augmentation has a probability; 0 switches it off (see :mod:`advseg.transforms.augment`)."""
 
     translate_prob: float = 0.5
-    translate_max_voxels: int = 8  # in X and Y
-    flip_prob: float = 0.5  # left-right
+    translate_max_voxels: int = 8  # in X and Y, whole voxels
+    flip_prob: float = 0.5  # left-right; paired left/right classes are swapped
     contrast_prob: float = 0.3
     contrast_gamma: list[float] = field(default_factory=lambda: [0.7, 1.5])
     rotate_prob: float = 0.3
     rotate_deg: float = 10.0  # about the slice axis, uniform in [-deg, deg]
     noise_prob: float = 0.2
-    noise_std: float = 0.05
+    noise_std: float = 0.05  # Gaussian noise std, normalised intensity units
 
 
 @dataclass
@@ -123,10 +123,14 @@ class AdversarialConfig:
     pretrain_iterations: int = 5000
     unlabeled_prob: float = 0.5  # chance an iteration after pre-training also uses an unlabeled batch
     d_steps: int = 1  # discriminator steps per segmenter step (Kohl et al.: 3)
-    mode: str = "semi_adv"  # semi_adv | pure | hybrid | asdnet | fusion
-    mask_poison_std: float = 0.0  # fusion: noise added to ground truth when training D
-    noise_std: float = 0.1  # fusion: noise on the second copy of an unlabeled image
-    supervised_tail: int = 0  # fusion: supervised-only for the last N iterations
+    # trainer (advseg.training.variants.registry): semi_adv (the study) | pure | hybrid (Kohl et al.)
+    # | asdnet (Nie et al.) | semi_adv_2d (Tan et al.) | fusion (Pan et al.)
+    mode: str = "semi_adv"
+    mask_poison_std: float = 0.0  # fusion: noise added to the label maps (truth and S's) when training D
+    noise_std: float = 0.1  # fusion: noise on the second copy of an unlabeled image (normalised units)
+    # fusion: supervised-only for the last N iterations; None: N = pretrain_iterations (Pan et al.: the
+    # first and the last N iterations), so the size presets' pre-training length scales it too
+    supervised_tail: int | None = None
     collapse_window: int = 200  # iterations of near-zero L_D or D(real)~D(fake) before a warning
     collapse_eps_loss: float = 1e-3  # "L_D near 0"
     collapse_eps_gap: float = 0.02  # "D(real) close to D(fake)": |mean sigmoid(D) real - fake|
