@@ -37,3 +37,19 @@ def hippocampus() -> Path:
     if not path.exists():
         pytest.skip("../shared/data/msd-hippocampus not present (fresh clone without the shared data)")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained (4 iterations, tiny preset) semi-adversarial run folder on the tiny phantom set."""
+    from advseg.config import load_preset
+    from advseg.training.api import train_run
+
+    out = tmp_path_factory.mktemp("runs") / "semi"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ADVSEG_CACHE", str(tmp_path_factory.getbasetemp() / "advseg_cache"))
+    try:
+        train_run(load_preset("res_unet_aux_adv_semi+tiny"), tiny_phantom, out, progress=False)
+    finally:
+        mp.undo()
+    return out

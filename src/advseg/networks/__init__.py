@@ -1,1 +1,14 @@
-"""advseg.networks."""
+"""advseg.networks: the segmenter S (residual U-Net family, MONAI networks by name)."""
+
+from advseg.networks.blocks import MultiScalePool, ResidualBlock
+from advseg.networks.factory import build_network, count_parameters, has_deep_supervision
+from advseg.networks.res_unet import ResUNet
+
+__all__ = [
+    "MultiScalePool",
+    "ResUNet",
+    "ResidualBlock",
+    "build_network",
+    "count_parameters",
+    "has_deep_supervision",
+]

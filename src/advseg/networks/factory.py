@@ -1,0 +1,105 @@
+"""Build the segmenter S from a :class:`~advseg.config.NetworkConfig`."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import nn
+
+from advseg.config import NetworkConfig
+from advseg.errors import InputError
+from advseg.networks.res_unet import ResUNet
+
+MONAI_PREFIX = "monai:"
+
+
+def _monai_segmenters() -> dict[str, type]:
+    """Classes of ``monai.networks.nets`` that take ``in_channels`` and ``out_channels``."""
+    import monai.networks.nets as nets
+
+    found = {}
+    for name in dir(nets):
+        obj = getattr(nets, name)
+        if isinstance(obj, type) and issubclass(obj, nn.Module):
+            try:
+                params = inspect.signature(obj).parameters
+            except (TypeError, ValueError):
+                continue
+            if "in_channels" in params and "out_channels" in params:
+                found[name] = obj
+    return found
+
+
+def _choices() -> str:
+    return ", ".join(["res_unet", *(MONAI_PREFIX + n for n in sorted(_monai_segmenters()))])
+
+
+def _build_res_unet(cfg: NetworkConfig) -> nn.Module:
+    args: dict[str, Any] = dict(
+        spatial_dims=cfg.spatial_dims, in_channels=cfg.in_channels, out_channels=cfg.out_channels,
+        channels=tuple(cfg.channels), res_blocks=cfg.res_blocks, pooling=cfg.pooling, aux=cfg.aux,
+        aux_weights=tuple(cfg.aux_weights), norm=cfg.norm, act=cfg.act, dropout=cfg.dropout,
+    )
+    unknown = set(cfg.kwargs) - set(inspect.signature(ResUNet).parameters)
+    if unknown:
+        raise InputError("network.kwargs", f"res_unet does not take {', '.join(sorted(unknown))}")
+    args.update(cfg.kwargs)
+    try:
+        return ResUNet(**args)
+    except ValueError as exc:
+        raise InputError("network", str(exc)) from None
+
+
+def _build_monai(cfg: NetworkConfig, class_name: str) -> nn.Module:
+    nets = _monai_segmenters()
+    if class_name not in nets:
+        raise InputError("network.name",
+                         f"unknown network '{MONAI_PREFIX}{class_name}' (choices: {_choices()})")
+    cls = nets[class_name]
+    params = inspect.signature(cls).parameters
+    standard: dict[str, Any] = dict(spatial_dims=cfg.spatial_dims, in_channels=cfg.in_channels,
+                                    out_channels=cfg.out_channels)
+    # The size presets set ``channels``; UNet-like classes (channels + strides) follow them.
+    if "channels" in params and "channels" not in cfg.kwargs:
+        standard["channels"] = tuple(cfg.channels)
+        if "strides" in params and "strides" not in cfg.kwargs:
+            standard["strides"] = (2,) * (len(cfg.channels) - 1)
+    if "dropout" in params and cfg.dropout > 0:
+        standard["dropout"] = cfg.dropout
+    args = {k: v for k, v in standard.items() if k in params}
+    args.update(cfg.kwargs)
+    try:
+        return cls(**args)
+    except (TypeError, ValueError, AssertionError) as exc:
+        raise InputError("network",
+                         f"cannot build {MONAI_PREFIX}{class_name} with {sorted(args)}: {exc}") from None
+
+
+def build_network(cfg: NetworkConfig) -> nn.Module:
+    """The segmenter named by ``cfg.name``.
+
+    * ``res_unet``: :class:`ResUNet` from the config fields (``cfg.kwargs`` may override any of its
+      arguments).
+    * ``monai:<Class>``: ``monai.networks.nets.<Class>`` built with those of ``spatial_dims``,
+      ``in_channels``, ``out_channels`` its signature accepts, plus ``channels`` (and
+      ``strides = (2,) * (len(channels) - 1)``) for UNet-like classes and ``dropout`` when set, then
+      ``cfg.kwargs`` (which win). MONAI networks return one tensor (no deep supervision).
+
+    Unknown names and arguments raise :class:`InputError` (listing the choices).
+    """
+    if cfg.name == "res_unet":
+        return _build_res_unet(cfg)
+    if cfg.name.startswith(MONAI_PREFIX):
+        return _build_monai(cfg, cfg.name[len(MONAI_PREFIX):])
+    raise InputError("network.name", f"unknown network '{cfg.name}' (choices: {_choices()})")
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameter elements of ``model``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def has_deep_supervision(model: nn.Module) -> bool:
+    """True when ``model`` returns a tuple of outputs (fused first) in training mode."""
+    return bool(getattr(model, "deep_supervision", False))

@@ -1,0 +1,83 @@
+"""Sampling a trained GAN: NIfTI CT volumes in int16 HU, usable as an unlabeled image folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from advseg.errors import InputError
+from advseg.io import Volume, write_volume
+from advseg.synthesis.config import GANConfig, gan_config_from_dict
+from advseg.synthesis.data import sample_volume
+from advseg.synthesis.networks import Generator
+from advseg.synthesis.trainer import LATEST, is_finished, load_state, resolve_device
+
+SAMPLE_PREFIX = "synth_"
+
+
+def load_generator(gan_dir: str | Path, device: str = "auto") -> tuple[Generator, GANConfig, dict]:
+    """The EMA generator of a finished run, its config and the sample geometry.
+
+    Raises:
+        InputError: no GAN run in ``gan_dir``, or its training has not reached the last stage.
+    """
+    gan_dir = Path(gan_dir)
+    if not gan_dir.is_dir():
+        raise InputError(gan_dir, "GAN folder not found")
+    path = gan_dir / "checkpoints" / LATEST
+    if not path.is_file():
+        raise InputError(gan_dir, "no trained GAN here (checkpoints/latest.pt missing)")
+    state = load_state(path)
+    cfg = gan_config_from_dict(state["config"], str(path))
+    if not is_finished(state):
+        raise InputError(path, f"training stopped at stage {state['stage'] + 1} of {len(cfg.stages)}, "
+                               f"iteration {state['iteration']} of {cfg.iterations_per_stage}: finish it "
+                               "with 'advseg synthesize train --resume'")
+    g = Generator(cfg.stages, cfg.channels, cfg.latent_channels)
+    g.load_state_dict(state["generator_ema"])
+    return g.to(resolve_device(device)).eval(), cfg, state["geometry"]
+
+
+def _seeded(seed: int, i: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + i)
+
+
+@torch.no_grad()
+def generate(g: Generator, n: int, seed: int, batch_size: int = 4) -> np.ndarray:
+    """``n`` volumes ``(n, Z, Y, X)`` in [-1, 1] (clipped); the noise of sample ``i`` depends only on
+    ``(seed, i)``, so the first samples of a larger ``n`` are the same volumes."""
+    device = next(g.parameters()).device
+    z = torch.stack([torch.randn(*g.latent_shape, generator=_seeded(seed, i)) for i in range(n)])
+    out = [g(z[i:i + batch_size].to(device)).float().clamp(-1, 1)[:, 0].cpu()
+           for i in range(0, n, batch_size)]
+    return torch.cat(out).numpy()
+
+
+def sample_gan(gan_dir: str | Path, n: int, out: str | Path, seed: int = 0,
+               device: str = "auto") -> list[Path]:
+    """Write ``n`` synthesized CT volumes ``out/synth_000.nii.gz``, ... (int16 HU, the run's affine).
+
+    Same ``(gan_dir, seed)``, same volumes. Older ``synth_*.nii.gz`` files in ``out`` are removed, so
+    that the folder holds exactly these ``n`` samples when it is used as an unlabeled pool.
+    """
+    out = Path(out)
+    if n < 1:
+        raise InputError(None, f"--n must be >= 1, got {n}")
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "expected an output folder, got a file")
+    g, cfg, geometry = load_generator(gan_dir, device)
+    arrays = generate(g, n, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    width = max(3, len(str(n - 1)))
+    paths = []
+    for i, arr in enumerate(arrays):
+        vol: Volume = sample_volume(arr, geometry, cfg.hu_window)
+        path = out / f"{SAMPLE_PREFIX}{i:0{width}d}.nii.gz"
+        write_volume(path, vol, dtype=np.int16)
+        paths.append(path)
+    for old in out.glob(f"{SAMPLE_PREFIX}*.nii.gz"):
+        if old not in paths:
+            old.unlink()
+    return paths

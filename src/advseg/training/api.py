@@ -1,0 +1,189 @@
+"""``train_run``: from a dataset folder and a config to a trained run folder.
+
+Run folder layout::
+
+    config.yaml            the final, fully expanded config
+    dataset_info.json      class names, modality, channels, left/right pairs (used by predict)
+    splits.json            the fold split and the labeled / unlabeled case lists actually used
+    checkpoint_last.pt     written every ``train.checkpoint_every`` iterations (resume point)
+    checkpoint_best.pt     best mean foreground validation DSC
+    log.jsonl              losses per iteration, validation DSC per class
+    learning_curves.png    all losses and validation DSC
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from advseg.config import Config, load_config
+from advseg.data.dataset import DatasetIndex, load_dataset
+from advseg.data.labels import lr_pairs
+from advseg.data.preprocess import preprocess_dataset, default_cache_root
+from advseg.data.sampling import PatchDataset
+from advseg.data.splits import labeled_subset, load_or_create_splits, unlabeled_complement
+from advseg.data.validate import validate_dataset
+from advseg.errors import InputError
+from advseg.training.trainer import BatchSource, TrainData, Trainer, TrainingDiverged
+from advseg.transforms.augment import build_augmentation
+
+
+def finalize_config(cfg: Config, index: DatasetIndex) -> Config:
+    """Fit the network's channel counts to the dataset (classes, image channels)."""
+    net = dataclasses.replace(
+        cfg.network, in_channels=len(index.channel_names), out_channels=index.num_classes
+    )
+    modality = index.modality if cfg.data.modality == "auto" else cfg.data.modality
+    return dataclasses.replace(cfg, network=net, data=dataclasses.replace(cfg.data, modality=modality))
+
+
+def select_cases(cfg: Config, index: DatasetIndex, splits_path: Path) -> dict[str, list[str]]:
+    """Fold split, labeled subset, and which labeled-training cases serve as unlabeled data."""
+    names = sorted(c.name for c in index.training)
+    if len(names) < 2:
+        raise InputError(index.root, f"need at least 2 labeled cases (training + validation), found {len(names)}")
+    splits = load_or_create_splits(splits_path, names, cfg.train.folds, cfg.train.seed)
+    if not 0 <= cfg.train.fold < len(splits):
+        raise InputError(None, f"train.fold={cfg.train.fold} but the split has {len(splits)} folds")
+    fold = splits[cfg.train.fold]
+    train = list(fold["train"])
+    labeled = labeled_subset(
+        train,
+        fraction=None if cfg.train.labeled_count else cfg.train.labeled_fraction,
+        count=cfg.train.labeled_count,
+        seed=cfg.train.seed,
+    )
+    withheld = unlabeled_complement(train, labeled) if cfg.adversarial.semi else []
+    val = list(fold["val"])
+    if cfg.train.val_cases:
+        val = val[: cfg.train.val_cases]
+    return {"labeled": labeled, "unlabeled_withheld": withheld, "val": val}
+
+
+def _check_out(out: Path, resume: bool) -> None:
+    if resume:
+        if not (out / "config.yaml").exists():
+            raise InputError(out, "nothing to resume: no config.yaml in this run folder")
+        return
+    if out.exists() and any(out.iterdir()):
+        raise InputError(out, "run folder exists and is not empty (use --resume, or another --out)")
+
+
+def prepare_training(
+    cfg: Config | None,
+    data: str | Path,
+    out: str | Path,
+    unlabeled: list[Path] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> tuple[Config, TrainData, dict[str, Any]]:
+    """Validate the inputs, preprocess (cached) and build the batch sources. Writes nothing in ``out``."""
+    out = Path(out)
+    _check_out(out, resume)
+    if cfg is None:
+        cfg = load_config(out / "config.yaml")
+    index = load_dataset(data, unlabeled_dirs=list(unlabeled or []))
+    validate_dataset(index, check_test=False)
+    cfg = finalize_config(cfg, index)
+
+    cache_root = default_cache_root(cfg.data)
+    selection = select_cases(cfg, index, cache_root / index.name / f"splits_{cfg.train.folds}fold_seed{cfg.train.seed}.json")
+    extra_unlabeled = [c.name for c in index.unlabeled] if cfg.adversarial.semi else []
+    with_labels = set(selection["labeled"]) | set(selection["val"])
+    wanted = sorted(with_labels | set(selection["unlabeled_withheld"]) | set(extra_unlabeled))
+    pre = preprocess_dataset(index, cfg.data, cache_root, cases=wanted, with_labels=with_labels, progress=progress)
+
+    def load(names: list[str], labels: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        imgs, lbls = [], []
+        for n in names:
+            case = pre.load(n)
+            imgs.append(case.image)
+            if labels:
+                lbls.append(case.label)
+        return imgs, lbls
+
+    tr_imgs, tr_lbls = load(selection["labeled"], True)
+    pairs = lr_pairs(index.labels)
+    spatial_dims = cfg.network.spatial_dims
+    patch = cfg.data.patch_size[1:] if spatial_dims == 2 and len(cfg.data.patch_size) == 3 else cfg.data.patch_size
+    augment = build_augmentation(cfg.augment, spatial_dims=spatial_dims, seed=cfg.train.seed, swap_labels_on_flip=pairs)
+    labeled_src = BatchSource(
+        PatchDataset(tr_imgs, tr_lbls, patch, cfg.data.foreground_oversample, augment, seed=cfg.train.seed,
+                     names=selection["labeled"]),
+        cfg.train.batch_size,
+    )
+    unl_names = selection["unlabeled_withheld"] + extra_unlabeled
+    unlabeled_src = None
+    if cfg.adversarial.semi and unl_names:
+        u_imgs, _ = load(unl_names, False)
+        augment_u = build_augmentation(cfg.augment, spatial_dims=spatial_dims, seed=cfg.train.seed + 1,
+                                       swap_labels_on_flip=pairs)
+        unlabeled_src = BatchSource(
+            PatchDataset(u_imgs, None, patch, 0.0, augment_u, seed=cfg.train.seed + 1, names=unl_names),
+            cfg.train.batch_size,
+        )
+    elif cfg.adversarial.semi:
+        raise InputError(data, "semi-supervised training needs unlabeled images: none found "
+                         "(give --unlabeled DIR, or use a labeled fraction below 1)")
+    val_imgs, val_lbls = load(selection["val"], True)
+    counts = np.zeros(index.num_classes, dtype=np.float64)
+    for lbl in tr_lbls:
+        counts += np.bincount(lbl.ravel(), minlength=index.num_classes)[: index.num_classes]
+    tdata = TrainData(
+        labeled=labeled_src, unlabeled=unlabeled_src, labels=index.labels, val_names=selection["val"],
+        val_images=val_imgs, val_labels=val_lbls, class_voxel_counts=counts, lr_pairs=pairs,
+    )
+    info = {
+        "dataset": str(Path(data).resolve()), "labels": {str(k): v for k, v in index.labels.items()},
+        "modality": cfg.data.modality, "channel_names": index.channel_names, "lr_pairs": pairs,
+        "cases": {**selection, "unlabeled_extra": extra_unlabeled},
+    }
+    return cfg, tdata, info
+
+
+def train_run(
+    cfg: Config | None,
+    data: str | Path,
+    out: str | Path,
+    unlabeled: list[Path] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Train per ``cfg`` on the dataset folder ``data``, writing the run folder ``out``.
+
+    With ``resume=True`` the run continues from ``out/checkpoint_last.pt`` exactly where it stopped
+    (config taken from ``out/config.yaml`` when ``cfg`` is None). Returns the best validation score.
+    """
+    from advseg.training.variants import trainer_class
+
+    out = Path(out)
+    cfg, tdata, info = prepare_training(cfg, data, out, unlabeled, resume, progress)
+    fresh = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        cfg.save(out / "config.yaml")
+        _write_json(out / "dataset_info.json", info)
+        trainer = trainer_class(cfg)(cfg, out, tdata, device=device)
+        if resume and trainer.resume():
+            print(f"resumed {out} at iteration {trainer.iteration}/{cfg.train.iterations}")
+        result = trainer.fit(progress=progress)
+    except TrainingDiverged as exc:
+        raise SystemExit(f"error: {out}: {exc}") from None
+    except BaseException:
+        if fresh and not (out / "checkpoint_last.pt").exists():
+            shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping from a run that never saved
+        raise
+    return result
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)

@@ -1,0 +1,201 @@
+"""The pelvic study's method: S trained with a fully convolutional discriminator D, then semi-supervised.
+
+Per iteration (paper notation; ``x`` image, ``y`` one-hot truth, ``S(x)`` softmax of S's logits)::
+
+    L_S = L_vox(S(x), y) + lambda_adv * L_adv(x)                       labeled batch
+        [ + lambda_adv_u * L_adv(x_u) + lambda_semi * L_semi(x_u) ]    unlabeled batch, after pre-training
+    L_adv(x)  = BCE(D(x * S(x)), 1)
+    L_semi(x) = CE(S(x), argmax S(x)) over voxels with sigmoid(D(x * S(x))) > T_semi
+    L_D       = BCE(D(x * y), 1) + BCE(D(x * S(x).detach()), 0)
+
+with lambda_adv = 0.01 (labeled), 0.001 (unlabeled), lambda_semi = 0.1, T_semi = 0.2. During the
+first ``pretrain_iterations`` S and D see labeled data only; afterwards an unlabeled batch is drawn
+on a random ``unlabeled_prob`` share of the iterations. By default D sees ``x * onehot(argmax S(x))``
+with a straight-through gradient (the study found D trivially separates soft predictions from
+one-hot truth); ``onehot_fake: false`` feeds the soft probabilities instead.
+
+Hooks for the other papers' variants (:mod:`advseg.training.variants`), all methods of
+:class:`AdversarialTrainer`: ``discriminator_for`` (which D), ``fake_labels`` (what D sees of S(x)),
+``d_forward``, ``segmenter_losses`` (S's terms), ``semi_loss`` (L_semi), ``discriminator_batches`` (the
+data of the ``d_steps`` D updates of an iteration: by default the iteration's labeled batch and S's
+output on it, reused for every step) and ``discriminator_step`` (one D update).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from advseg.config import Config
+from advseg.losses.adversarial import (
+    CollapseMonitor,
+    adversarial_loss_s,
+    discriminator_loss,
+    semi_supervised_loss,
+)
+from advseg.networks.discriminators import (
+    build_discriminator_input,
+    make_discriminator,
+    onehot,
+    onehot_straight_through,
+    resolve_d_input,
+    set_requires_grad,
+)
+from advseg.training.checkpoint import to_plain
+from advseg.training.trainer import Trainer
+
+
+def main_logits(out: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The fused output of S (first element in deep-supervision training mode)."""
+    return out[0] if isinstance(out, list | tuple) else out
+
+
+class AdversarialTrainer(Trainer):
+    """``res_unet_aux_adv`` (``adversarial.semi: false``) and ``res_unet_aux_adv_semi`` (``semi: true``)."""
+
+    @classmethod
+    def discriminator_for(cls, cfg: Config, num_classes: int) -> nn.Module:
+        """Hook: this method's D for a run's config (also rebuilds D at inference, see
+        :func:`advseg.training.variants.registry.build_discriminator`)."""
+        net = cfg.network
+        return make_discriminator(cfg.adversarial, net.spatial_dims, net.in_channels, num_classes)
+
+    def build_extra(self) -> None:
+        a = self.cfg.adversarial
+        self.d_input_kind = resolve_d_input(a)
+        self.D = type(self).discriminator_for(self.cfg, self.data.num_classes).to(self.device)
+        self.nets["D"] = self.D
+        self.add_optimizer("D", self.D.parameters(), a.d_lr)
+        self.monitor = CollapseMonitor(a.collapse_window, a.collapse_eps_loss, a.collapse_eps_gap)
+        # A private generator decides which iterations take an unlabeled batch, so that decision is
+        # independent of how many random numbers the networks or augmentations consumed (exact resume).
+        self.coin = np.random.default_rng(self.cfg.train.seed + 7919)
+
+    # -- hooks ---------------------------------------------------------------------------------------
+    def in_pretraining(self) -> bool:
+        return self.iteration < self.cfg.adversarial.pretrain_iterations
+
+    def wants_unlabeled(self) -> bool:
+        a = self.cfg.adversarial
+        if not a.semi or self.data.unlabeled is None or self.in_pretraining():
+            return False
+        return bool(self.coin.random() < a.unlabeled_prob)
+
+    def fake_labels(self, logits: torch.Tensor) -> torch.Tensor:
+        """What D sees of S's output: one-hot with straight-through gradient, or soft probabilities."""
+        probs = torch.softmax(logits.float(), dim=1)
+        return onehot_straight_through(probs) if self.cfg.adversarial.onehot_fake else probs
+
+    def d_forward(self, image: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """D's logits for ``image`` and a label map. The image is shifted by ``d_image_offset`` first:
+        with CT scaled to [-1, 1], water-like tissue (bladder) is ~0 and ``x * y`` would hide it from D."""
+        shifted = image + self.cfg.adversarial.d_image_offset
+        return self.D(build_discriminator_input(self.d_input_kind, shifted, labels))
+
+    def segmenter_losses(
+        self, batch: dict[str, torch.Tensor], unl: dict[str, torch.Tensor] | None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float], torch.Tensor]:
+        """Hook: S's loss terms. Returns (weighted terms, extra logs, fake label map of the labeled batch)."""
+        a = self.cfg.adversarial
+        out = self.model(batch["image"])
+        terms = {"loss_vox": self.loss_vox(out, batch["label"])}
+        fake = self.fake_labels(main_logits(out))
+        terms["loss_adv"] = adversarial_loss_s(self.d_forward(batch["image"], fake))
+        weights = {"loss_vox": 1.0, "loss_adv": a.lambda_adv}
+        logs: dict[str, float] = {}
+        if unl is not None:
+            logits_u = main_logits(self.model(unl["image"]))
+            d_u = self.d_forward(unl["image"], self.fake_labels(logits_u))
+            terms["loss_adv_u"] = adversarial_loss_s(d_u)
+            weights["loss_adv_u"] = a.lambda_adv_unlabeled
+            loss_semi, frac = self.semi_loss(logits_u.float(), d_u.detach())
+            terms["loss_semi"] = loss_semi
+            weights["loss_semi"] = a.lambda_semi
+            logs["semi_fraction"] = float(frac)
+        self._weights = weights
+        return terms, logs, fake.detach()
+
+    def semi_loss(self, logits_u: torch.Tensor, d_u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hook: L_semi on an unlabeled batch from S's logits and D's (detached) logits on S's output;
+        returns ``(loss, fraction of voxels passing the confidence threshold)``."""
+        return semi_supervised_loss(logits_u, d_u, self.cfg.adversarial.t_semi)
+
+    def discriminator_batches(
+        self, batch: dict[str, torch.Tensor], fake: torch.Tensor
+    ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        """Hook: ``(labeled batch, S's detached fake label map)`` for each of the ``d_steps`` D updates of
+        one iteration. Default: the iteration's own batch and S's output on it, every time."""
+        for _ in range(max(1, self.cfg.adversarial.d_steps)):
+            yield batch, fake
+
+    def training_step(self) -> dict[str, float]:
+        batch = self.next_labeled()
+        unl = self.next_unlabeled()
+        self.model.train()
+        self.D.train()
+        # S step: D frozen so L_adv leaves no gradient in D.
+        set_requires_grad(self.D, False)
+        with self.autocast():
+            terms, logs, fake = self.segmenter_losses(batch, unl)
+            loss_s = sum(self._weights[k] * v for k, v in terms.items())
+        self.check_finite({**terms, "loss_s": loss_s})
+        self.step_optimizer("S", loss_s)
+        set_requires_grad(self.D, True)
+        # D step: real = x * onehot(y), fake = x * S(x) detached.
+        d_logs = {}
+        for d_batch, d_fake in self.discriminator_batches(batch, fake):
+            d_logs = self.discriminator_step(d_batch, d_fake)
+        logs.update({k: float(v.detach()) for k, v in terms.items()})
+        logs["loss_s"] = float(loss_s.detach())
+        logs["unlabeled"] = int(unl is not None)
+        logs.update(d_logs)
+        warning = self.monitor.update(d_logs["loss_d"], d_logs["d_real"], d_logs["d_fake"])
+        if warning:
+            warnings.warn(f"iteration {self.iteration + 1}: {warning}", stacklevel=2)
+        return logs
+
+    def discriminator_step(self, batch: dict[str, torch.Tensor], fake: torch.Tensor) -> dict[str, float]:
+        """One update of D on a labeled batch; returns L_D and D's mean confidence on real and fake."""
+        real = onehot(batch["label"], self.data.num_classes, dtype=fake.dtype)
+        with self.autocast():
+            d_real = self.d_forward(batch["image"], real)
+            d_fake = self.d_forward(batch["image"], fake)
+            loss_d = discriminator_loss(d_real, d_fake)
+        self.check_finite({"loss_d": loss_d})
+        self.step_optimizer("D", loss_d)
+        return {
+            "loss_d": float(loss_d.detach()),
+            "d_real": float(torch.sigmoid(d_real.detach().float()).mean()),
+            "d_fake": float(torch.sigmoid(d_fake.detach().float()).mean()),
+        }
+
+    @torch.inference_mode()
+    def confidence_map(self, image: np.ndarray, pred: np.ndarray) -> np.ndarray | None:
+        """sigmoid(D(x * onehot(pred))) on a whole preprocessed volume, ``(Z, Y, X)`` in [0, 1]."""
+        if getattr(self.D, "spatial_output", True) is False:
+            return None
+        self.D.eval()
+        x = torch.from_numpy(np.ascontiguousarray(image))[None].to(self.device)
+        y = onehot(torch.from_numpy(pred)[None].to(self.device), self.data.num_classes)
+        if self.cfg.network.spatial_dims == 2:  # slice-wise D
+            x, y = x[0].transpose(0, 1), y[0].transpose(0, 1)
+            conf = torch.sigmoid(self.d_forward(x, y))[:, 0]
+        else:
+            conf = torch.sigmoid(self.d_forward(x, y))[0, 0]
+        return conf.float().cpu().numpy() if conf.dim() == 3 else None
+
+    # -- state ---------------------------------------------------------------------------------------
+    def extra_state(self) -> dict[str, Any]:
+        return {"coin": to_plain(self.coin.bit_generator.state),
+                "monitor": to_plain(self.monitor.state_dict())}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if "coin" in state:
+            self.coin.bit_generator.state = state["coin"]
+        if "monitor" in state:
+            self.monitor.load_state_dict(state["monitor"])

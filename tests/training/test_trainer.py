@@ -1,0 +1,130 @@
+"""Base trainer: checkpoints, exact resume, NaN guard, what the loop consumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from advseg.config import apply_overrides, load_preset
+from advseg.training.api import prepare_training, train_run
+from advseg.training.checkpoint import load_checkpoint
+from advseg.training.trainer import Trainer, TrainingDiverged, dice_per_class
+from advseg.training.variants import trainer_class
+
+
+def _cfg(preset: str, *overrides: str):
+    return apply_overrides(load_preset(f"{preset}+tiny"), list(overrides))
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    state = load_checkpoint(path)
+    return {f"{net}.{k}": v for net, sd in state["nets"].items() for k, v in sd.items()}
+
+
+def test_dice_per_class_counts() -> None:
+    truth = np.array([0, 1, 1, 2, 2, 2])
+    pred = np.array([0, 1, 2, 2, 2, 0])
+    d = dice_per_class(pred, truth, 4)
+    assert d[1] == pytest.approx(2 * 1 / (1 + 2))
+    assert d[2] == pytest.approx(2 * 2 / (3 + 3))
+    assert np.isnan(d[3])
+
+
+def test_supervised_run_writes_run_folder(tiny_phantom: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = train_run(_cfg("res_unet_aux"), tiny_phantom, out, progress=False)
+    for name in ("config.yaml", "dataset_info.json", "checkpoint_last.pt", "checkpoint_best.pt",
+                 "log.jsonl", "learning_curves.png", "figures/val_000004.png"):
+        assert (out / name).exists(), name
+    state = load_checkpoint(out / "checkpoint_last.pt")
+    assert state["iteration"] == 4
+    assert {"S", "loss_vox"} <= set(state["nets"])
+    assert set(state["rng"]) >= {"torch", "numpy", "python"}
+    assert state["config"]["network"]["out_channels"] == 6
+    assert 0.0 <= result["best_score"] <= 1.0
+
+
+def test_refuses_to_overwrite_a_run(tiny_phantom: Path, tmp_path: Path) -> None:
+    from advseg.errors import InputError
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(InputError, match="not empty"):
+        train_run(_cfg("res_unet"), tiny_phantom, out, progress=False)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+class _Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("preset", ["res_unet_aux", "res_unet_aux_adv_semi"])
+def test_resume_is_exact(preset: str, tiny_phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run killed after its iteration-2 checkpoint and resumed equals an uninterrupted run."""
+    cfg = _cfg(preset, "train.iterations=4", "train.checkpoint_every=2", "train.val_every=0")
+    train_run(cfg, tiny_phantom, tmp_path / "a", progress=False)
+
+    cls = trainer_class(cfg)
+    original = cls.training_step
+
+    def crashing(self):
+        if self.iteration == 3:
+            raise _Crash()
+        return original(self)
+
+    monkeypatch.setattr(cls, "training_step", crashing)
+    with pytest.raises(_Crash):
+        train_run(cfg, tiny_phantom, tmp_path / "b", progress=False)
+    monkeypatch.setattr(cls, "training_step", original)
+    assert load_checkpoint(tmp_path / "b" / "checkpoint_last.pt")["iteration"] == 2
+    train_run(None, tiny_phantom, tmp_path / "b", resume=True, progress=False)
+
+    wa, wb = _weights(tmp_path / "a" / "checkpoint_last.pt"), _weights(tmp_path / "b" / "checkpoint_last.pt")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    sa = load_checkpoint(tmp_path / "a" / "checkpoint_last.pt")
+    sb = load_checkpoint(tmp_path / "b" / "checkpoint_last.pt")
+    assert sa["optimizers"]["S"]["state"][0]["exp_avg"].equal(sb["optimizers"]["S"]["state"][0]["exp_avg"])
+    rows_b = [r for r in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert len(rows_b) == 4  # the log was rewound to the checkpoint, not duplicated
+
+
+def test_nan_loss_stops_without_saving(tiny_phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = _cfg("res_unet", "train.checkpoint_every=1", "train.val_every=0")
+    cfg_t, data, _ = prepare_training(cfg, tiny_phantom, tmp_path / "run", progress=False)
+    trainer = Trainer(cfg_t, tmp_path / "run", data)
+    real_loss = trainer.loss_vox
+
+    class NanAfterTwo(torch.nn.Module):
+        calls = 0
+
+        def forward(self, out, target):
+            NanAfterTwo.calls += 1
+            loss = real_loss(out, target)
+            return loss * float("nan") if NanAfterTwo.calls > 2 else loss
+
+    trainer.loss_vox = NanAfterTwo()
+    with pytest.raises(TrainingDiverged, match="NaN"):
+        trainer.fit(progress=False)
+    state = load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")
+    assert state["iteration"] == 2
+    assert all(torch.isfinite(v).all() for v in state["nets"]["S"].values() if v.is_floating_point())
+
+
+def test_pretraining_serves_no_unlabeled_data(tiny_phantom: Path, tmp_path: Path) -> None:
+    cfg = _cfg("res_unet_aux_adv_semi", "train.iterations=6", "adversarial.pretrain_iterations=3",
+               "adversarial.unlabeled_prob=1.0", "train.val_every=0", "train.checkpoint_every=0")
+    cfg_t, data, _ = prepare_training(cfg, tiny_phantom, tmp_path / "run", progress=False)
+    trainer = trainer_class(cfg_t)(cfg_t, tmp_path / "run", data)
+    served = []
+    for _ in range(6):
+        trainer.training_step()
+        trainer.iteration += 1
+        served.append(data.unlabeled.served)
+    assert served[:3] == [0, 0, 0]
+    assert served[3:] == [1, 2, 3]  # batch size 1, one unlabeled batch per iteration after pre-training

@@ -1,0 +1,341 @@
+"""The other papers' variants: Kohl (pure / hybrid), ASDNet, Tan 2D, Pan fusion - each a trainer subclass."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from advseg.config import apply_overrides, load_preset
+from advseg.data.sampling import PatchDataset
+from advseg.training.checkpoint import load_checkpoint
+from advseg.training.trainer import BatchSource, TrainData
+from advseg.training.variants import trainer_class
+from advseg.training.variants.asdnet import AsdnetTrainer
+from advseg.training.variants.fusion import FusionTrainer
+from advseg.training.variants.kohl import KohlTrainer
+from advseg.training.variants.registry import (
+    ADVERSARIAL_TRAINERS,
+    build_discriminator,
+    confidence_map,
+    has_confidence_map,
+)
+from advseg.training.variants.tan2d import Tan2DTrainer, dcgan_widths
+
+LABELS = {0: "background", 1: "bladder", 2: "bone", 3: "obturator_internus", 4: "femur_l", 5: "femur_r"}
+VARIANTS = {
+    "pure_adv": KohlTrainer,
+    "hybrid_adv": KohlTrainer,
+    "asdnet": AsdnetTrainer,
+    "semi_adv_2d": Tan2DTrainer,
+    "fusion_pair": FusionTrainer,
+}
+
+
+def _cfg(preset: str, *overrides: str):
+    return apply_overrides(load_preset(f"{preset}+tiny"), list(overrides))
+
+
+def _memory_data(cfg, semi: bool, n_cases: int = 2, shape=(20, 36, 36)) -> TrainData:
+    """TrainData from random in-memory cases (no preprocessing): for step-level tests."""
+    rng = np.random.default_rng(0)
+    imgs = [rng.uniform(-1, 1, (1, *shape)).astype(np.float32) for _ in range(n_cases)]
+    lbls = [rng.integers(0, 6, shape).astype(np.int64) for _ in range(n_cases)]
+    patch = cfg.data.patch_size[1:] if cfg.network.spatial_dims == 2 else cfg.data.patch_size
+    labeled = BatchSource(PatchDataset(imgs, lbls, patch, 0.0, None, seed=1), cfg.train.batch_size)
+    unlabeled = None
+    if semi:
+        unlabeled = BatchSource(PatchDataset(imgs, None, patch, 0.0, None, seed=2), cfg.train.batch_size)
+    return TrainData(labeled=labeled, unlabeled=unlabeled, labels=LABELS)
+
+
+def _train_rows(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["kind"] == "train"]
+
+
+# ------------------------------------------------------------------------------------------- registry
+def test_every_variant_preset_selects_its_trainer() -> None:
+    for preset, cls in VARIANTS.items():
+        for size in ("tiny", "cpu"):
+            cfg = load_preset(f"{preset}+{size}")
+            assert cfg.adversarial.enabled
+            assert trainer_class(cfg) is cls, (preset, size)
+    assert set(ADVERSARIAL_TRAINERS) >= {"semi_adv", "pure", "hybrid", "asdnet", "semi_adv_2d", "fusion"}
+
+
+def test_dcgan_widths_pad_to_six_convolutions() -> None:
+    assert dcgan_widths([4, 4, 8, 8]) == [4, 4, 8, 8, 8]
+    assert dcgan_widths([64, 128, 256, 512, 512]) == [64, 128, 256, 512, 512]
+    cfg = _cfg("semi_adv_2d")
+    d = build_discriminator(cfg, 6)
+    assert len(d.convs) == 6  # five hidden convs + the 1-channel one, although tiny lists four widths
+    assert [c.out_channels for c in d.convs] == [4, 4, 8, 8, 8, 1]
+    with pytest.raises(ValueError, match="spatial_dims"):
+        build_discriminator(apply_overrides(cfg, ["network.spatial_dims=3"]), 6)
+
+
+@pytest.mark.parametrize("preset", ["semi_adv_2d", "asdnet", "res_unet_aux_adv"])
+def test_confidence_map_of_a_volume(preset: str) -> None:
+    cfg = _cfg(preset)
+    d = build_discriminator(cfg, 6).eval()
+    image = torch.randn(1, 1, 5, 32, 32)
+    probs = torch.softmax(torch.randn(1, 6, 5, 32, 32), dim=1)
+    conf = confidence_map(cfg, d, image, probs)
+    assert conf.shape == (1, 1, 5, 32, 32)
+    assert float(conf.min()) >= 0 and float(conf.max()) <= 1
+
+
+def test_image_level_discriminators_have_no_confidence_map() -> None:
+    cfg = _cfg("hybrid_adv")
+    assert not has_confidence_map(cfg) and not has_confidence_map(_cfg("fusion_pair"))
+    with pytest.raises(ValueError, match="no per-voxel"):
+        confidence_map(cfg, build_discriminator(cfg, 6), torch.zeros(1, 1, 4, 8, 8),
+                       torch.zeros(1, 6, 4, 8, 8))
+
+
+# ------------------------------------------------------------------------------------------- step level
+def test_kohl_draws_a_fresh_batch_for_each_discriminator_step(tmp_path: Path) -> None:
+    cfg = _cfg("hybrid_adv")
+    data = _memory_data(cfg, semi=False)
+    trainer = KohlTrainer(cfg, tmp_path, data)
+    seen: list[torch.Tensor] = []
+    original = trainer.discriminator_step
+
+    def spy(batch, fake):
+        seen.append(batch["image"].clone())
+        return original(batch, fake)
+
+    trainer.discriminator_step = spy
+    logs = trainer.training_step()
+    assert len(seen) == 3
+    assert not torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2])
+    assert data.labeled.served == 3 * cfg.train.batch_size
+    # hybrid: L_S = L_mce / 2 - log D(x, S(x))
+    assert logs["loss_s"] == pytest.approx(0.5 * logs["loss_vox"] + logs["loss_adv"], rel=1e-5)
+
+
+def test_pure_adversarial_segmenter_gets_no_voxel_loss_gradient(tmp_path: Path) -> None:
+    cfg = _cfg("pure_adv")
+    trainer = KohlTrainer(cfg, tmp_path, _memory_data(cfg, semi=False))
+    logs = trainer.training_step()
+    assert logs["loss_s"] == pytest.approx(logs["loss_adv"], rel=1e-6)  # lambda_adv = 1, nothing else
+    assert math.isfinite(logs["loss_vox"])  # logged for monitoring only
+
+
+def test_asdnet_uses_region_attention_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import advseg.training.variants.asdnet as asdnet_module
+
+    cfg = _cfg("asdnet", "adversarial.pretrain_iterations=0", "adversarial.unlabeled_prob=1.0",
+               "adversarial.t_semi=0.35")
+    trainer = AsdnetTrainer(cfg, tmp_path, _memory_data(cfg, semi=True))
+    calls = []
+    real = asdnet_module.region_attention_loss
+
+    def spy(logits, d_logits, gamma):
+        calls.append(gamma)
+        return real(logits, d_logits, gamma)
+
+    monkeypatch.setattr(asdnet_module, "region_attention_loss", spy)
+    logs = trainer.training_step()
+    assert calls == [0.35]
+    assert {"loss_semi", "loss_adv_u", "semi_fraction"} <= set(logs)
+    # L_S = L_gdice_att + lambda1 (L_adv + L_adv_u) + lambda2 L_semi, lambda1 = 0.03, lambda2 = 0.3
+    expected = logs["loss_vox"] + 0.03 * (logs["loss_adv"] + logs["loss_adv_u"]) + 0.3 * logs["loss_semi"]
+    assert logs["loss_s"] == pytest.approx(expected, rel=1e-5)
+    assert trainer.loss_vox.base.__class__.__name__ == "GeneralizedDiceAttention"
+
+
+def test_tan2d_is_supervised_during_its_first_phase(tmp_path: Path) -> None:
+    cfg = _cfg("semi_adv_2d", "adversarial.pretrain_iterations=1", "adversarial.unlabeled_prob=1.0")
+    trainer = Tan2DTrainer(cfg, tmp_path, _memory_data(cfg, semi=True))
+    first = trainer.training_step()
+    trainer.iteration += 1
+    second = trainer.training_step()
+    assert first["loss_s"] == pytest.approx(first["loss_vox"]) and "loss_adv" not in first
+    assert "loss_d" in first  # D learns from the start
+    assert {"loss_adv", "loss_adv_u", "loss_semi"} <= set(second)
+
+
+class _FakeSegmenter(nn.Module):
+    """Logits: class 1 where the image is positive, class 0 elsewhere; records its inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x.detach().clone())
+        logits = torch.full((x.shape[0], 6, *x.shape[2:]), -10.0)
+        logits[:, 0] = 0.0
+        logits[:, 1] = 4 * x[:, 0]
+        return logits
+
+
+class _ForegroundJudge(nn.Module):
+    """A fake fusion D: the segmentation with more (or, ``prefer_more=False``, less) class 1 is better."""
+
+    def __init__(self, prefer_more: bool) -> None:
+        super().__init__()
+        self.sign = 1.0 if prefer_more else -1.0
+        self.images: list[torch.Tensor] = []
+
+    def forward(self, image: torch.Tensor, seg_a: torch.Tensor, seg_b: torch.Tensor) -> torch.Tensor:
+        self.images.append(image)
+        return (self.sign * 100 * (self.foreground(seg_a) - self.foreground(seg_b))).unsqueeze(1)
+
+    @staticmethod
+    def foreground(seg: torch.Tensor) -> torch.Tensor:
+        return (seg.argmax(1) == 1).flatten(1).float().mean(1)
+
+
+@pytest.mark.parametrize("prefer_more", [True, False])
+def test_fusion_pseudo_label_is_the_segmentation_d_prefers(tmp_path: Path, prefer_more: bool) -> None:
+    cfg = _cfg("fusion_pair", "adversarial.noise_std=0.5")
+    trainer = FusionTrainer(cfg, tmp_path, _memory_data(cfg, semi=True))
+    trainer.model = _FakeSegmenter()
+    trainer.D = _ForegroundJudge(prefer_more)
+    torch.manual_seed(3)
+    image = torch.randn(3, 1, 4, 8, 8) * 0.3
+    logits = trainer.model(image)
+    labels, took_noisy = trainer.pseudo_label(image, logits)
+    noisy = trainer.model.inputs[-1]
+    assert not torch.equal(noisy, image)
+    own, other = image[:, 0] > 0, noisy[:, 0] > 0
+    for i in range(3):
+        margin = own[i].float().mean() - other[i].float().mean()
+        assert margin != 0  # a tie would go to S(x) whatever D prefers
+        pick_own = bool(margin > 0) == prefer_more
+        expected = own[i] if pick_own else other[i]
+        assert torch.equal(labels[i], expected.long()), i
+        assert bool(took_noisy[i]) == (not pick_own)
+    # D judged the pair against the original image and against its noised copy
+    assert torch.equal(trainer.D.images[0], image) and torch.equal(trainer.D.images[1], noisy)
+
+
+def test_fusion_schedule_is_supervised_first_and_last(tmp_path: Path) -> None:
+    cfg = _cfg("fusion_pair", "train.iterations=7", "adversarial.pretrain_iterations=2")
+    trainer = FusionTrainer(cfg, tmp_path, _memory_data(cfg, semi=True))
+    wants = []
+    for it in range(7):
+        trainer.iteration = it
+        wants.append(trainer.wants_unlabeled())
+    assert wants == [False, False, True, True, True, False, False]  # tail = pretrain_iterations = 2
+    trainer.cfg = apply_overrides(cfg, ["adversarial.supervised_tail=0"])
+    trainer.iteration = 6
+    assert trainer.wants_unlabeled()
+
+
+def test_fusion_discriminator_step_poisons_both_masks(tmp_path: Path, monkeypatch) -> None:
+    import advseg.training.variants.fusion as fusion_module
+
+    cfg = _cfg("fusion_pair", "adversarial.mask_poison_std=0.2")
+    trainer = FusionTrainer(cfg, tmp_path, _memory_data(cfg, semi=True))
+    stds = []
+    real = fusion_module.mask_poisoning
+
+    def spy(target, std):
+        stds.append(std)
+        return real(target, std)
+
+    monkeypatch.setattr(fusion_module, "mask_poisoning", spy)
+    logs = trainer.training_step()
+    assert stds == [0.2, 0.2]
+    assert logs["d_real"] + logs["d_fake"] == pytest.approx(1.0)
+    assert "loss_adv" not in logs  # S gets no adversarial term
+
+
+# ------------------------------------------------------------------------------------------- end to end
+@pytest.mark.parametrize("preset", list(VARIANTS))
+def test_variant_trains_on_the_tiny_phantom(preset: str, tiny_phantom: Path, tmp_path: Path) -> None:
+    from advseg.training.api import train_run
+
+    # Pre-training 1 of 4 iterations and an unlabeled batch every time after it, so the semi-supervised
+    # terms run (fusion: supervised tail of 1, then iterations 1-2 are semi-supervised).
+    cfg = _cfg(preset, "adversarial.pretrain_iterations=1", "adversarial.unlabeled_prob=1.0",
+               "train.val_every=4", "train.checkpoint_every=4")
+    out = tmp_path / "run"
+    result = train_run(cfg, tiny_phantom, out, progress=False)
+    rows = _train_rows(out)
+    assert len(rows) == 4
+    keys = {k for r in rows for k in r if k.startswith("loss")}
+    assert {"loss_s", "loss_d"} <= keys
+    for k in keys:
+        vals = [r[k] for r in rows if k in r]
+        assert all(v is not None and math.isfinite(v) for v in vals), (k, vals)
+    for k in ("loss_s", "loss_d"):
+        assert len({r[k] for r in rows}) > 1, (k, [r[k] for r in rows])
+    if cfg.adversarial.semi:
+        assert any("loss_semi" in r for r in rows)
+    assert 0.0 <= result["best_score"] <= 1.0
+
+
+def test_kohl_takes_three_discriminator_steps_per_segmenter_step(tiny_phantom: Path, tmp_path: Path) -> None:
+    from advseg.training.api import train_run
+
+    cfg = _cfg("hybrid_adv", "train.iterations=2", "train.val_every=0", "train.checkpoint_every=2")
+    train_run(cfg, tiny_phantom, tmp_path / "run", progress=False)
+    state = load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")
+    assert int(state["optimizers"]["S"]["state"][0]["step"]) == 2
+    assert int(state["optimizers"]["D"]["state"][0]["step"]) == 6
+    assert state["data"]["labeled"]["served"] == 6 * cfg.train.batch_size
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_kohl_resume_is_exact(tiny_phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """hybrid_adv (3 D steps on fresh batches per S step) killed after its iteration-2 checkpoint and
+    resumed equals an uninterrupted run: S, D, both optimizers, schedulers, sampler."""
+    from advseg.training.api import train_run
+
+    cfg = _cfg("hybrid_adv", "train.iterations=4", "train.checkpoint_every=2", "train.val_every=0")
+    train_run(cfg, tiny_phantom, tmp_path / "a", progress=False)
+    original = KohlTrainer.training_step
+
+    def crashing(self):
+        if self.iteration == 3:
+            raise _Crash()
+        return original(self)
+
+    monkeypatch.setattr(KohlTrainer, "training_step", crashing)
+    with pytest.raises(_Crash):
+        train_run(cfg, tiny_phantom, tmp_path / "b", progress=False)
+    monkeypatch.setattr(KohlTrainer, "training_step", original)
+    train_run(None, tiny_phantom, tmp_path / "b", resume=True, progress=False)
+
+    sa = load_checkpoint(tmp_path / "a" / "checkpoint_last.pt")
+    sb = load_checkpoint(tmp_path / "b" / "checkpoint_last.pt")
+    assert sa["iteration"] == sb["iteration"] == 4
+    for net in ("S", "D"):
+        for k, v in sa["nets"][net].items():
+            assert torch.equal(v, sb["nets"][net][k]), (net, k)
+        for pid, st in sa["optimizers"][net]["state"].items():
+            other = sb["optimizers"][net]["state"][pid]
+            assert torch.equal(st["exp_avg_sq"], other["exp_avg_sq"]), (net, pid)
+    assert sa["schedulers"] == sb["schedulers"]
+    assert sa["data"] == sb["data"]
+    loss_d = [[r["loss_d"] for r in _train_rows(tmp_path / run)] for run in ("a", "b")]
+    assert loss_d[0] == loss_d[1]
+
+
+def test_2d_variant_predicts_a_3d_volume(tiny_phantom: Path, tmp_path: Path) -> None:
+    from advseg.inference.api import load_model
+    from advseg.io import read_volume
+    from advseg.training.api import train_run
+
+    cfg = _cfg("semi_adv_2d", "train.iterations=2", "train.val_every=2", "train.checkpoint_every=2")
+    train_run(cfg, tiny_phantom, tmp_path / "run", progress=False)
+    model = load_model(tmp_path / "run")
+    assert model.cfg.network.spatial_dims == 2
+    image_path = sorted((tiny_phantom / "imagesTs").glob("*.nii*"))[0]
+    image = read_volume(image_path)
+    pred = model.predict_volume(image)
+    assert pred.labels.array.shape == image.array.shape
+    assert pred.labels.array.max() < 6
