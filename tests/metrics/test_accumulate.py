@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 import warnings
 
 import numpy as np
@@ -73,8 +72,8 @@ def test_label_map_types():
         compute_case_metrics(pred[:-1], truth, LABELS, (1, 1, 1))
 
 
-def test_pelvis_sized_volume_is_fast():
-    """64 x 128 x 128 voxels, 5 organs, all metrics: measured ~0.15 s; the bound leaves room for load."""
+def test_pelvis_sized_volume_all_metrics():
+    """64 x 128 x 128 voxels, 5 organs, all metrics (speed: benchmarks/metrics_speed.py)."""
     zz, yy, xx = np.indices((64, 128, 128), dtype=np.float32)
     truth = np.zeros((64, 128, 128), np.uint8)
     pred = np.zeros_like(truth)
@@ -87,12 +86,8 @@ def test_pelvis_sized_volume_is_fast():
         truth[ellipsoid(c, r)] = i
         pred[ellipsoid((c[0] + 1, c[1] - 2, c[2] + 1), (r[0], r[1], r[2] * 1.1))] = i
     labels = {i: f"organ_{i}" for i in range(1, 6)}
-    compute_case_metrics(pred[:8], truth[:8], labels, (3.0, 0.8, 0.8))  # imports, caches
-    start = time.perf_counter()
     got = compute_case_metrics(pred, truth, labels, (3.0, 0.8, 0.8))
-    elapsed = time.perf_counter() - start
     assert all(0.5 < v["dsc"] < 1 and v["hd95"] > 0 for v in got.values())
-    assert elapsed < 2.0, f"{elapsed:.2f} s"
 
 
 # ---------------------------------------------------------------------------------------- accumulator

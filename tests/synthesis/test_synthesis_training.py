@@ -126,11 +126,13 @@ def test_preparation_and_sample_geometry(tiny_phantom: Path) -> None:
     assert tset.volumes.min() >= -1 and tset.volumes.max() <= 1
     vols = [read_volume(p) for p in paths]
     extent = np.mean([np.asarray(v.shape) * np.asarray(v.spacing) for v in vols], axis=0)
-    synth = Volume(np.zeros((8, 16, 16)), np.asarray(tset.geometry["affine"]))
-    # same field of view as the mean training volume, same centre
-    np.testing.assert_allclose(np.asarray(synth.shape) * np.asarray(synth.spacing), extent)
+    assert tset.geometry["shape"] == [8, 16, 16] and tset.geometry["data_shape"] == [32, 64, 64]
     centre = lambda v: (v.affine @ np.array([*((np.asarray(v.shape[::-1]) - 1) / 2), 1.0]))[:3]  # noqa: E731
-    np.testing.assert_allclose(centre(synth), np.mean([centre(v) for v in vols], axis=0), atol=1e-6)
+    for shape, key in (((8, 16, 16), "affine"), ((32, 64, 64), "data_affine")):
+        synth = Volume(np.zeros(shape), np.asarray(tset.geometry[key]))
+        # same field of view as the mean training volume, same centre
+        np.testing.assert_allclose(np.asarray(synth.shape) * np.asarray(synth.spacing), extent)
+        np.testing.assert_allclose(centre(synth), np.mean([centre(v) for v in vols], axis=0), atol=1e-6)
     # the inverse: [-1, 1] back to HU in the window
     hu = to_int16_hu(np.array([-1.5, -1.0, 0.0, 1.0, 2.0]), [-1000, 1000])
     assert hu.dtype == np.int16 and hu.tolist() == [-1000, -1000, 0, 1000, 1000]
@@ -147,11 +149,18 @@ def test_sampling_is_deterministic_with_a_proper_affine(trained_gan: Path, tiny_
     va, vb, vc = ([read_volume(p) for p in x] for x in (a, b, c))
     geometry = load_state(trained_gan / "checkpoints" / "latest.pt")["geometry"]
     for x, y, z in zip(va, vb, vc, strict=True):
-        assert x.meta["dtype"] == "int16" and x.shape == (8, 16, 16)
+        # on the training images' grid by default: what a segmentation's preprocessing expects
+        assert x.meta["dtype"] == "int16" and x.shape == (32, 64, 64)
         assert np.array_equal(x.array, y.array)
         assert not np.array_equal(x.array, z.array)
-        np.testing.assert_allclose(x.affine, geometry["affine"], atol=1e-5)
+        np.testing.assert_allclose(x.affine, geometry["data_affine"], atol=1e-5)
         assert -1000 <= x.array.min() and x.array.max() <= 1000
+    # the GAN's own grid on request: the same sample, before up-sampling
+    small = read_volume(sample_gan(trained_gan, 1, tmp_path / "g", seed=5, resolution="gan")[0])
+    assert small.shape == (8, 16, 16)
+    np.testing.assert_allclose(small.affine, geometry["affine"], atol=1e-5)
+    coarse_mean = va[0].array.reshape(8, 4, 16, 4, 16, 4).mean(axis=(1, 3, 5))
+    assert np.abs(coarse_mean - small.array).mean() < 60  # HU: the up-sampled volume is the same image
     assert not np.array_equal(va[0].array, va[1].array)  # different samples within a run
     # fewer samples into the same folder: the first ones are the same volumes, stale ones removed
     again = sample_gan(trained_gan, 2, tmp_path / "a", seed=5, device="cpu")
@@ -233,7 +242,7 @@ def test_synthesize_unlabeled_trains_once_then_reuses(tiny_phantom: Path, tmp_pa
                                progress=False)
     assert out == tmp_path / "synthetic"
     assert sorted(p.name for p in out.iterdir()) == ["synth_000.nii.gz", "synth_001.nii.gz"]
-    assert read_volume(out / "synth_000.nii.gz").shape == (16, 32, 32)  # the small preset's target
+    assert read_volume(out / "synth_000.nii.gz").shape == (32, 64, 64)  # the images' grid
     latest = tmp_path / "synthetic_gan" / "checkpoints" / "latest.pt"
     stamp = latest.stat().st_mtime_ns
     synthesize_unlabeled(tiny_phantom, out, n=3, seed=0, iterations_per_stage=1, progress=False)

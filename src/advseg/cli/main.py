@@ -149,7 +149,7 @@ def evaluate(
         )
     except InputError as exc:
         _fail(exc)
-    typer.echo(format_summary(summary))
+    typer.echo(format_summary(summary, nsd_tolerance_mm=nsd_tolerance))
 
 
 @app.command()

@@ -62,12 +62,13 @@ def sample(
     n: Annotated[int, typer.Option(help="Number of volumes.")] = 30,
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same volumes.")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    resolution: Annotated[str, typer.Option(help="data (images' grid) | gan (GAN's grid).")] = "data",
 ) -> None:
     """Write synthesized CT volumes (int16 HU, with the training data's field of view)."""
     from advseg.synthesis.api import sample_gan
 
     try:
-        paths = sample_gan(gan_dir, n, out, seed=seed, device=device)
+        paths = sample_gan(gan_dir, n, out, seed=seed, device=device, resolution=resolution)
     except InputError as exc:
         _fail(exc)
     typer.echo(f"wrote {len(paths)} volumes to {out}")

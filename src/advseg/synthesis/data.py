@@ -11,9 +11,15 @@ Preparation (documented inverse, so samples are written as CT in Hounsfield unit
    trilinear interpolation on axes that grow.
 
 Inverse: ``hu = (clip(x, -1, 1) + 1) / 2 (hi - lo) + lo``, rounded to int16, written with an affine
-whose voxel size makes the target grid cover the mean physical extent (mm) of the prepared
-training regions, centred on their mean centre, with the first image's axis directions. A
-synthesized volume thus has the field of view of an average training volume.
+whose voxel size makes the grid cover the mean physical extent (mm) of the prepared training
+regions, centred on their mean centre, with the first image's axis directions. A synthesized volume
+thus has the field of view of an average training volume. Two grids are kept (``geometry``):
+
+* the GAN's own grid (``shape`` = the last stage, ``affine``);
+* the training images' grid (``data_shape`` = their mean prepared shape, ``data_affine``): samples
+  are up-sampled to it (trilinear, step 4 reversed) by default, so that a segmentation recipe that
+  keeps slices rather than resampling them (the pelvic recipe) sees a synthesized volume as it
+  sees a real one: same shape, same voxel size.
 
 Labels are never read.
 """
@@ -119,7 +125,9 @@ class TrainingSet:
     Attributes:
         volumes: ``(N, 1, Z, Y, X)`` float32 in [-1, 1], at the GAN's target shape.
         files: the image files, in order.
-        geometry: ``{"affine": 4 x 4 nested list (NIfTI, index order x, y, z), "shape": [Z, Y, X]}``.
+        geometry: ``{"shape": [Z, Y, X], "affine": 4 x 4 nested list (NIfTI, index order x, y, z),
+            "data_shape": [Z, Y, X], "data_affine": ...}``: the GAN's grid and the images' grid,
+            both covering the mean field of view.
     """
 
     volumes: torch.Tensor
@@ -136,7 +144,7 @@ def _directions(affine: np.ndarray) -> np.ndarray:
 def load_training_set(paths: list[Path], target_shape: tuple[int, int, int], hu_window: list[float],
                       n_slices: int | None = None, crop_xy: int | None = None) -> TrainingSet:
     """Read and prepare every image (module docstring, steps 1-4); compute the sample geometry."""
-    volumes, extents, centres = [], [], []
+    volumes, extents, centres, shapes = [], [], [], []
     directions = None
     for path in paths:
         vol = read_volume(path)
@@ -144,28 +152,50 @@ def load_training_set(paths: list[Path], target_shape: tuple[int, int, int], hu_
         arr = vol.array[region]
         hu = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
         volumes.append(resize_volume(normalize_ct(hu, hu_window), target_shape))
+        shapes.append(arr.shape)
         extents.append(np.asarray(arr.shape, dtype=np.float64) * np.asarray(vol.spacing))  # (z, y, x) mm
         # centre of the kept region in (x, y, z) index space, then to world mm
         centre_xyz = [(s.start + s.stop - 1) / 2.0 for s in reversed(region)]
         centres.append((np.asarray(vol.affine) @ np.array([*centre_xyz, 1.0]))[:3])
         if directions is None:
             directions = _directions(vol.affine)
-    extent = np.mean(extents, axis=0)
-    spacing_zyx = extent / np.asarray(target_shape, dtype=np.float64)
-    affine = np.eye(4)
-    affine[:3, :3] = directions * spacing_zyx[::-1]  # column i scales index axis i = (x, y, z)[i]
-    half = (np.asarray(target_shape[::-1], dtype=np.float64) - 1.0) / 2.0
-    affine[:3, 3] = np.mean(centres, axis=0) - affine[:3, :3] @ half
+    extent, centre = np.mean(extents, axis=0), np.mean(centres, axis=0)
+    data_shape = [int(v) for v in np.rint(np.mean(shapes, axis=0))]
     return TrainingSet(
         volumes=torch.stack(volumes)[:, None].contiguous(),
         files=[str(p) for p in paths],
-        geometry={"affine": affine.tolist(), "shape": [int(v) for v in target_shape]},
+        geometry={"shape": [int(v) for v in target_shape],
+                  "affine": _grid_affine(directions, extent, centre, target_shape).tolist(),
+                  "data_shape": data_shape,
+                  "data_affine": _grid_affine(directions, extent, centre, data_shape).tolist()},
     )
 
 
-def sample_volume(x: np.ndarray, geometry: dict[str, Any], hu_window: list[float]) -> Volume:
-    """One generated ``(Z, Y, X)`` array in [-1, 1] -> a CT :class:`Volume` in int16 HU."""
-    return Volume(to_int16_hu(x, hu_window), np.asarray(geometry["affine"], dtype=np.float64),
+def _grid_affine(directions: np.ndarray, extent_zyx: np.ndarray, centre: np.ndarray,
+                 shape_zyx) -> np.ndarray:
+    """Affine of a ``shape_zyx`` grid covering ``extent_zyx`` mm, centred on ``centre`` (world mm)."""
+    spacing_zyx = extent_zyx / np.asarray(shape_zyx, dtype=np.float64)
+    affine = np.eye(4)
+    affine[:3, :3] = directions * spacing_zyx[::-1]  # column i scales index axis i = (x, y, z)[i]
+    half = (np.asarray(shape_zyx[::-1], dtype=np.float64) - 1.0) / 2.0
+    affine[:3, 3] = centre - affine[:3, :3] @ half
+    return affine
+
+
+def sample_volume(x: np.ndarray, geometry: dict[str, Any], hu_window: list[float],
+                  resolution: str = "data") -> Volume:
+    """One generated ``(Z, Y, X)`` array in [-1, 1] (GAN grid) -> a CT :class:`Volume` in int16 HU.
+
+    ``resolution="data"`` up-samples it to the training images' grid; ``"gan"`` keeps the GAN's.
+    """
+    if resolution == "gan":
+        return Volume(to_int16_hu(x, hu_window), np.asarray(geometry["affine"], dtype=np.float64),
+                      {"source": "advseg PGGAN"})
+    if resolution != "data":
+        raise InputError(None, f"resolution must be 'data' or 'gan', got {resolution!r}")
+    up = resize_volume(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+                       tuple(geometry["data_shape"])).numpy()
+    return Volume(to_int16_hu(up, hu_window), np.asarray(geometry["data_affine"], dtype=np.float64),
                   {"source": "advseg PGGAN"})
 
 

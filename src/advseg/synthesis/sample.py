@@ -55,9 +55,13 @@ def generate(g: Generator, n: int, seed: int, batch_size: int = 4) -> np.ndarray
     return torch.cat(out).numpy()
 
 
-def sample_gan(gan_dir: str | Path, n: int, out: str | Path, seed: int = 0,
-               device: str = "auto") -> list[Path]:
+def sample_gan(gan_dir: str | Path, n: int, out: str | Path, seed: int = 0, device: str = "auto",
+               resolution: str = "data") -> list[Path]:
     """Write ``n`` synthesized CT volumes ``out/synth_000.nii.gz``, ... (int16 HU, the run's affine).
+
+    ``resolution="data"`` (default) writes them on the training images' grid (mean shape, same
+    field of view), so that they go through a segmentation's preprocessing as real images do;
+    ``"gan"`` writes the GAN's own grid (the last stage's shape).
 
     Same ``(gan_dir, seed)``, same volumes. Older ``synth_*.nii.gz`` files in ``out`` are removed, so
     that the folder holds exactly these ``n`` samples when it is used as an unlabeled pool.
@@ -65,6 +69,8 @@ def sample_gan(gan_dir: str | Path, n: int, out: str | Path, seed: int = 0,
     out = Path(out)
     if n < 1:
         raise InputError(None, f"--n must be >= 1, got {n}")
+    if resolution not in ("data", "gan"):
+        raise InputError(None, f"resolution must be 'data' or 'gan', got {resolution!r}")
     if out.exists() and not out.is_dir():
         raise InputError(out, "expected an output folder, got a file")
     g, cfg, geometry = load_generator(gan_dir, device)
@@ -73,7 +79,7 @@ def sample_gan(gan_dir: str | Path, n: int, out: str | Path, seed: int = 0,
     width = max(3, len(str(n - 1)))
     paths = []
     for i, arr in enumerate(arrays):
-        vol: Volume = sample_volume(arr, geometry, cfg.hu_window)
+        vol: Volume = sample_volume(arr, geometry, cfg.hu_window, resolution)
         path = out / f"{SAMPLE_PREFIX}{i:0{width}d}.nii.gz"
         write_volume(path, vol, dtype=np.int16)
         paths.append(path)
