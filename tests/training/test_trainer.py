@@ -36,8 +36,15 @@ def test_dice_per_class_counts() -> None:
 def test_supervised_run_writes_run_folder(tiny_phantom: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = train_run(_cfg("res_unet_aux"), tiny_phantom, out, progress=False)
-    for name in ("config.yaml", "dataset_info.json", "checkpoint_last.pt", "checkpoint_best.pt",
-                 "log.jsonl", "learning_curves.png", "figures/val_000004.png"):
+    for name in (
+        "config.yaml",
+        "dataset_info.json",
+        "checkpoint_last.pt",
+        "checkpoint_best.pt",
+        "log.jsonl",
+        "learning_curves.png",
+        "figures/val_000004.png",
+    ):
         assert (out / name).exists(), name
     state = load_checkpoint(out / "checkpoint_last.pt")
     assert state["iteration"] == 4
@@ -63,7 +70,9 @@ class _Crash(Exception):
 
 
 @pytest.mark.parametrize("preset", ["res_unet_aux", "res_unet_aux_adv_semi"])
-def test_resume_is_exact(preset: str, tiny_phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_is_exact(
+    preset: str, tiny_phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A run killed after its iteration-2 checkpoint and resumed equals an uninterrupted run."""
     cfg = _cfg(preset, "train.iterations=4", "train.checkpoint_every=2", "train.val_every=0")
     train_run(cfg, tiny_phantom, tmp_path / "a", progress=False)
@@ -94,7 +103,9 @@ def test_resume_is_exact(preset: str, tiny_phantom: Path, tmp_path: Path, monkey
     assert len(rows_b) == 4  # the log was rewound to the checkpoint, not duplicated
 
 
-def test_nan_loss_stops_without_saving(tiny_phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nan_loss_stops_without_saving(
+    tiny_phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = _cfg("res_unet", "train.checkpoint_every=1", "train.val_every=0")
     cfg_t, data, _ = prepare_training(cfg, tiny_phantom, tmp_path / "run", progress=False)
     trainer = Trainer(cfg_t, tmp_path / "run", data)
@@ -117,8 +128,14 @@ def test_nan_loss_stops_without_saving(tiny_phantom: Path, tmp_path: Path, monke
 
 
 def test_pretraining_serves_no_unlabeled_data(tiny_phantom: Path, tmp_path: Path) -> None:
-    cfg = _cfg("res_unet_aux_adv_semi", "train.iterations=6", "adversarial.pretrain_iterations=3",
-               "adversarial.unlabeled_prob=1.0", "train.val_every=0", "train.checkpoint_every=0")
+    cfg = _cfg(
+        "res_unet_aux_adv_semi",
+        "train.iterations=6",
+        "adversarial.pretrain_iterations=3",
+        "adversarial.unlabeled_prob=1.0",
+        "train.val_every=0",
+        "train.checkpoint_every=0",
+    )
     cfg_t, data, _ = prepare_training(cfg, tiny_phantom, tmp_path / "run", progress=False)
     trainer = trainer_class(cfg_t)(cfg_t, tmp_path / "run", data)
     served = []

@@ -32,14 +32,22 @@ DEMO_PHANTOM = {"labeled": 12, "unlabeled": 24, "test": 6, "shape": (64, 128, 12
 def _prepare_out(out: Path) -> None:
     if out.exists() and any(out.iterdir()):
         if not (out / DEMO_MARKER).exists():
-            raise InputError(out, "folder exists, is not empty and is not a previous demo; choose another --out")
+            raise InputError(
+                out, "folder exists, is not empty and is not a previous demo; choose another --out"
+            )
         shutil.rmtree(out)  # a previous demo of ours: replaced whole, never mixed
     out.mkdir(parents=True, exist_ok=True)
 
 
 def run_method(
-    name: str, data: Path, out: Path, iterations: int | None, seed: int,
-    unlabeled: list[Path] | None = None, progress: bool = True, size: str = "cpu",
+    name: str,
+    data: Path,
+    out: Path,
+    iterations: int | None,
+    seed: int,
+    unlabeled: list[Path] | None = None,
+    progress: bool = True,
+    size: str = "cpu",
     overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train one preset at ``size``, predict the test cases, evaluate; returns the summary."""
@@ -57,14 +65,21 @@ def run_method(
     train_run(cfg, data=data, out=run, unlabeled=unlabeled, progress=progress)
     t_train = time.perf_counter() - t0
     predict_path(run, data / "imagesTs", run / "predictions", progress=False)
-    summary = evaluate_folders(run / "predictions", data / "labelsTs", run / "evaluation",
-                               dataset_json=data / "dataset.json", progress=False)
+    summary = evaluate_folders(
+        run / "predictions",
+        data / "labelsTs",
+        run / "evaluation",
+        dataset_json=data / "dataset.json",
+        progress=False,
+    )
     (run / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"{name}: trained in {t_train:.0f} s, total {time.perf_counter() - t0:.0f} s")
     return summary
 
 
-def comparison_table(summaries: dict[str, dict[str, Any]], metrics: tuple[str, ...] = ("dsc", "hd95", "ashd")) -> str:
+def comparison_table(
+    summaries: dict[str, dict[str, Any]], metrics: tuple[str, ...] = ("dsc", "hd95", "ashd")
+) -> str:
     """Markdown: one row per organ, ``metric (method)`` columns, mean ± std."""
     methods = list(summaries)
     organs = list(next(iter(summaries.values())))
@@ -104,8 +119,13 @@ def run_demo(
     ph = {**DEMO_PHANTOM, **(phantom or {})}
     data = out / "data"
     write_phantom_dataset(data, seed=seed, **ph)
-    (out / DEMO_MARKER).write_text(json.dumps({"methods": methods, "seed": seed, "phantom": ph}, default=list))
-    print(f"phantom data: {ph['labeled']} labeled, {ph['unlabeled']} unlabeled, {ph['test']} test cases -> {data}")
+    (out / DEMO_MARKER).write_text(
+        json.dumps({"methods": methods, "seed": seed, "phantom": ph}, default=list)
+    )
+    print(
+        f"phantom data: {ph['labeled']} labeled, {ph['unlabeled']} unlabeled, "
+        f"{ph['test']} test cases -> {data}"
+    )
     unlabeled = None
     if synthetic:
         from advseg.synthesis.api import synthesize_unlabeled

@@ -39,8 +39,14 @@ class Prediction:
 class SegmentationModel:
     """A trained segmenter S (and, if the run had one, its discriminator D) ready for inference."""
 
-    def __init__(self, cfg: Config, state: dict[str, Any], labels: dict[int, str], lr_pairs: list[tuple[int, int]],
-                 device: str = "auto") -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        state: dict[str, Any],
+        labels: dict[int, str],
+        lr_pairs: list[tuple[int, int]],
+        device: str = "auto",
+    ) -> None:
         self.cfg = cfg
         self.labels = labels
         self.lr_pairs = [tuple(p) for p in lr_pairs]
@@ -63,8 +69,13 @@ class SegmentationModel:
         use_amp = self.device.type == "cuda" and self.cfg.train.amp
         with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
             return predict_logits(
-                self.net, image, self.cfg.data.patch_size, mode=ic.mode, overlap=ic.overlap,
-                sw_batch_size=ic.sw_batch_size, spatial_dims=self.cfg.network.spatial_dims,
+                self.net,
+                image,
+                self.cfg.data.patch_size,
+                mode=ic.mode,
+                overlap=ic.overlap,
+                sw_batch_size=ic.sw_batch_size,
+                spatial_dims=self.cfg.network.spatial_dims,
             ).float()
 
     @torch.inference_mode()
@@ -82,14 +93,22 @@ class SegmentationModel:
         confidence = None
         if with_confidence:
             if self.discriminator is None:
-                raise InputError(None, "this run has no discriminator D: --save-confidence needs an adversarial run")
+                raise InputError(
+                    None, "this run has no discriminator D: --save-confidence needs an adversarial run"
+                )
             from advseg.networks.discriminators import build_discriminator_input, onehot, resolve_d_input
 
             a = self.cfg.adversarial
-            d_in = build_discriminator_input(resolve_d_input(a), x + a.d_image_offset, onehot(pred, probs.shape[1]))
+            d_in = build_discriminator_input(
+                resolve_d_input(a), x + a.d_image_offset, onehot(pred, probs.shape[1])
+            )
             conf = torch.sigmoid(self.discriminator(d_in))[0].cpu().numpy()
-            confidence = Volume(self.preprocessor.invert_probabilities(conf, case.info, outside_class=None)[0].astype(np.float32),
-                                ref.affine)
+            confidence = Volume(
+                self.preprocessor.invert_probabilities(conf, case.info, outside_class=None)[0].astype(
+                    np.float32
+                ),
+                ref.affine,
+            )
         labels = self.preprocessor.invert_label(pred[0].cpu().numpy().astype(np.uint8), case.info)
         if self.cfg.inference.keep_largest:
             labels = keep_largest_component(labels)
@@ -128,7 +147,9 @@ def _inputs(input: Path) -> dict[str, list[Path]]:
         return {_case_name(input): [input]}
     if not input.is_dir():
         raise InputError(input, "input not found")
-    files = sorted(p for p in input.iterdir() if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith("."))
+    files = sorted(
+        p for p in input.iterdir() if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith(".")
+    )
     if not files:
         raise InputError(input, "no NIfTI images (.nii.gz / .nii) in this folder")
     cases: dict[str, list[Path]] = {}
@@ -160,7 +181,9 @@ def predict_path(
     n_channels = model.cfg.network.in_channels
     for name, files in cases.items():
         if len(files) != n_channels:
-            raise InputError(files[0], f"case '{name}' has {len(files)} channel file(s), the model needs {n_channels}")
+            raise InputError(
+                files[0], f"case '{name}' has {len(files)} channel file(s), the model needs {n_channels}"
+            )
         for f in files:
             vol = read_volume(f)
             if not np.isfinite(vol.array).all():
@@ -173,7 +196,9 @@ def predict_path(
         target = output if single_file else output / f"{name}.nii.gz"
         write_volume(target, pred.labels, dtype=np.uint8)
         if pred.confidence is not None:
-            write_volume(target.parent / f"{strip_suffix(target)}_confidence.nii.gz", pred.confidence, np.float32)
+            write_volume(
+                target.parent / f"{strip_suffix(target)}_confidence.nii.gz", pred.confidence, np.float32
+            )
         written.append(target)
         if progress:
             print(f"{name}: {pred.seconds:.2f} s -> {target}")

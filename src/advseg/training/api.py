@@ -25,12 +25,12 @@ import numpy as np
 from advseg.config import Config, load_config
 from advseg.data.dataset import DatasetIndex, load_dataset
 from advseg.data.labels import lr_pairs
-from advseg.data.preprocess import preprocess_dataset, default_cache_root
+from advseg.data.preprocess import default_cache_root, preprocess_dataset
 from advseg.data.sampling import PatchDataset
 from advseg.data.splits import labeled_subset, load_or_create_splits, unlabeled_complement
 from advseg.data.validate import validate_dataset
 from advseg.errors import InputError
-from advseg.training.trainer import BatchSource, TrainData, Trainer, TrainingDiverged
+from advseg.training.trainer import BatchSource, TrainData, TrainingDiverged
 from advseg.transforms.augment import build_augmentation
 
 
@@ -47,7 +47,9 @@ def select_cases(cfg: Config, index: DatasetIndex, splits_path: Path) -> dict[st
     """Fold split, labeled subset, and which labeled-training cases serve as unlabeled data."""
     names = sorted(c.name for c in index.training)
     if len(names) < 2:
-        raise InputError(index.root, f"need at least 2 labeled cases (training + validation), found {len(names)}")
+        raise InputError(
+            index.root, f"need at least 2 labeled cases (training + validation), found {len(names)}"
+        )
     splits = load_or_create_splits(splits_path, names, cfg.train.folds, cfg.train.seed)
     if not 0 <= cfg.train.fold < len(splits):
         raise InputError(None, f"train.fold={cfg.train.fold} but the split has {len(splits)} folds")
@@ -93,11 +95,15 @@ def prepare_training(
     cfg = finalize_config(cfg, index)
 
     cache_root = default_cache_root(cfg.data)
-    selection = select_cases(cfg, index, cache_root / index.name / f"splits_{cfg.train.folds}fold_seed{cfg.train.seed}.json")
+    selection = select_cases(
+        cfg, index, cache_root / index.name / f"splits_{cfg.train.folds}fold_seed{cfg.train.seed}.json"
+    )
     extra_unlabeled = [c.name for c in index.unlabeled] if cfg.adversarial.semi else []
     with_labels = set(selection["labeled"]) | set(selection["val"])
     wanted = sorted(with_labels | set(selection["unlabeled_withheld"]) | set(extra_unlabeled))
-    pre = preprocess_dataset(index, cfg.data, cache_root, cases=wanted, with_labels=with_labels, progress=progress)
+    pre = preprocess_dataset(
+        index, cfg.data, cache_root, cases=wanted, with_labels=with_labels, progress=progress
+    )
 
     def load(names: list[str], labels: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
         imgs, lbls = [], []
@@ -111,37 +117,63 @@ def prepare_training(
     tr_imgs, tr_lbls = load(selection["labeled"], True)
     pairs = lr_pairs(index.labels)
     spatial_dims = cfg.network.spatial_dims
-    patch = cfg.data.patch_size[1:] if spatial_dims == 2 and len(cfg.data.patch_size) == 3 else cfg.data.patch_size
-    augment = build_augmentation(cfg.augment, spatial_dims=spatial_dims, seed=cfg.train.seed, swap_labels_on_flip=pairs)
+    patch = (
+        cfg.data.patch_size[1:]
+        if spatial_dims == 2 and len(cfg.data.patch_size) == 3
+        else cfg.data.patch_size
+    )
+    augment = build_augmentation(
+        cfg.augment, spatial_dims=spatial_dims, seed=cfg.train.seed, swap_labels_on_flip=pairs
+    )
     labeled_src = BatchSource(
-        PatchDataset(tr_imgs, tr_lbls, patch, cfg.data.foreground_oversample, augment, seed=cfg.train.seed,
-                     names=selection["labeled"]),
+        PatchDataset(
+            tr_imgs,
+            tr_lbls,
+            patch,
+            cfg.data.foreground_oversample,
+            augment,
+            seed=cfg.train.seed,
+            names=selection["labeled"],
+        ),
         cfg.train.batch_size,
     )
     unl_names = selection["unlabeled_withheld"] + extra_unlabeled
     unlabeled_src = None
     if cfg.adversarial.semi and unl_names:
         u_imgs, _ = load(unl_names, False)
-        augment_u = build_augmentation(cfg.augment, spatial_dims=spatial_dims, seed=cfg.train.seed + 1,
-                                       swap_labels_on_flip=pairs)
+        augment_u = build_augmentation(
+            cfg.augment, spatial_dims=spatial_dims, seed=cfg.train.seed + 1, swap_labels_on_flip=pairs
+        )
         unlabeled_src = BatchSource(
             PatchDataset(u_imgs, None, patch, 0.0, augment_u, seed=cfg.train.seed + 1, names=unl_names),
             cfg.train.batch_size,
         )
     elif cfg.adversarial.semi:
-        raise InputError(data, "semi-supervised training needs unlabeled images: none found "
-                         "(give --unlabeled DIR, or use a labeled fraction below 1)")
+        raise InputError(
+            data,
+            "semi-supervised training needs unlabeled images: none found "
+            "(give --unlabeled DIR, or use a labeled fraction below 1)",
+        )
     val_imgs, val_lbls = load(selection["val"], True)
     counts = np.zeros(index.num_classes, dtype=np.float64)
     for lbl in tr_lbls:
         counts += np.bincount(lbl.ravel(), minlength=index.num_classes)[: index.num_classes]
     tdata = TrainData(
-        labeled=labeled_src, unlabeled=unlabeled_src, labels=index.labels, val_names=selection["val"],
-        val_images=val_imgs, val_labels=val_lbls, class_voxel_counts=counts, lr_pairs=pairs,
+        labeled=labeled_src,
+        unlabeled=unlabeled_src,
+        labels=index.labels,
+        val_names=selection["val"],
+        val_images=val_imgs,
+        val_labels=val_lbls,
+        class_voxel_counts=counts,
+        lr_pairs=pairs,
     )
     info = {
-        "dataset": str(Path(data).resolve()), "labels": {str(k): v for k, v in index.labels.items()},
-        "modality": cfg.data.modality, "channel_names": index.channel_names, "lr_pairs": pairs,
+        "dataset": str(Path(data).resolve()),
+        "labels": {str(k): v for k, v in index.labels.items()},
+        "modality": cfg.data.modality,
+        "channel_names": index.channel_names,
+        "lr_pairs": pairs,
         "cases": {**selection, "unlabeled_extra": extra_unlabeled},
     }
     return cfg, tdata, info

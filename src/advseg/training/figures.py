@@ -29,17 +29,30 @@ def save_validation_figure(
     cmap = plt.get_cmap("tab10", max(num_classes, 2))
     for row, (name, image, truth, pred, conf) in zip(axes, cases, strict=True):
         z = int(np.argmax((truth > 0).reshape(truth.shape[0], -1).sum(1)))
-        panels = [("image", image[z], "gray", None), ("truth", truth[z], cmap, (0, num_classes - 1)),
-                  ("prediction", pred[z], cmap, (0, num_classes - 1))]
+        panels = [
+            ("image", image[z], "gray", None),
+            ("truth", truth[z], cmap, (0, num_classes - 1)),
+            ("prediction", pred[z], cmap, (0, num_classes - 1)),
+        ]
         if cols == 4:
-            panels.append(("D confidence", conf[z] if conf is not None else np.zeros_like(image[z]), "magma", (0, 1)))
+            panels.append(
+                ("D confidence", conf[z] if conf is not None else np.zeros_like(image[z]), "magma", (0, 1))
+            )
         for ax, (label, arr, cm, lim) in zip(row, panels, strict=True):
             if label in ("truth", "prediction"):
                 ax.imshow(image[z], cmap="gray")
-                ax.imshow(np.ma.masked_equal(arr, 0), cmap=cm, vmin=lim[0], vmax=lim[1], alpha=0.6,
-                          interpolation="nearest")
+                ax.imshow(
+                    np.ma.masked_equal(arr, 0),
+                    cmap=cm,
+                    vmin=lim[0],
+                    vmax=lim[1],
+                    alpha=0.6,
+                    interpolation="nearest",
+                )
             else:
-                ax.imshow(arr, cmap=cm, vmin=None if lim is None else lim[0], vmax=None if lim is None else lim[1])
+                ax.imshow(
+                    arr, cmap=cm, vmin=None if lim is None else lim[0], vmax=None if lim is None else lim[1]
+                )
             ax.set_title(f"{name} z={z}: {label}" if label == "image" else label, fontsize=8)
             ax.axis("off")
     if title:

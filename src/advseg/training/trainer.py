@@ -167,7 +167,9 @@ class Trainer:
         self.nets["loss_vox"] = self.loss_vox  # holds running per-class DSC buffers
         self.add_optimizer("S", self.model.parameters(), self.cfg.train.lr)
 
-    def add_optimizer(self, name: str, params: Any, lr: float, betas: tuple[float, float] = (0.9, 0.999)) -> None:
+    def add_optimizer(
+        self, name: str, params: Any, lr: float, betas: tuple[float, float] = (0.9, 0.999)
+    ) -> None:
         opt = torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=self.cfg.train.weight_decay)
         self.optims[name] = opt
         self.scheds[name] = torch.optim.lr_scheduler.PolynomialLR(
@@ -191,8 +193,10 @@ class Trainer:
         return self._to_device(self.data.unlabeled.next())
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-                for k, v in batch.items()}
+        return {
+            k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()
+        }
 
     def step_optimizer(self, name: str, loss: torch.Tensor) -> None:
         """Backward ``loss`` and step optimizer ``name`` (scaled on CUDA fp16)."""
@@ -232,13 +236,18 @@ class Trainer:
         from advseg.training.figures import save_validation_figure
 
         cases = []
-        for name, img, lbl, pred in zip(self.data.val_names, self.data.val_images, self.data.val_labels,
-                                        self._val_preds, strict=False):
+        for name, img, lbl, pred in zip(
+            self.data.val_names, self.data.val_images, self.data.val_labels, self._val_preds, strict=False
+        ):
             cases.append((name, img[0], lbl, pred, self.confidence_map(img, pred)))
         folder = self.run_dir / "figures"
         folder.mkdir(exist_ok=True)
-        save_validation_figure(folder / f"val_{self.iteration:06d}.png", cases, self.data.num_classes,
-                               title=f"iteration {self.iteration}: mean DSC {scores['dsc_mean']:.3f}")
+        save_validation_figure(
+            folder / f"val_{self.iteration:06d}.png",
+            cases,
+            self.data.num_classes,
+            title=f"iteration {self.iteration}: mean DSC {scores['dsc_mean']:.3f}",
+        )
 
     def confidence_map(self, image: np.ndarray, pred: np.ndarray) -> np.ndarray | None:
         """Hook: D's per-voxel confidence ``(Z, Y, X)`` for a prediction (None without a D)."""
@@ -258,8 +267,12 @@ class Trainer:
                 for s in self.scheds.values():
                     s.step()
                 self.iteration += 1
-                logs = {"kind": "train", "iteration": self.iteration,
-                        "lr": self.optims["S"].param_groups[0]["lr"], **logs}
+                logs = {
+                    "kind": "train",
+                    "iteration": self.iteration,
+                    "lr": self.optims["S"].param_groups[0]["lr"],
+                    **logs,
+                }
                 self.log.append(logs)
                 bar.update(self.iteration, logs)
                 last = self.iteration == total
@@ -270,8 +283,11 @@ class Trainer:
         finally:
             bar.close()
         self.log.plot(self.run_dir / "learning_curves.png")
-        return {"best_score": self.best_score, "best_iteration": self.best_iteration,
-                "seconds": time.perf_counter() - t0}
+        return {
+            "best_score": self.best_score,
+            "best_iteration": self.best_iteration,
+            "seconds": time.perf_counter() - t0,
+        }
 
     @torch.inference_mode()
     def predict_volume(self, image: np.ndarray) -> torch.Tensor:
@@ -280,8 +296,12 @@ class Trainer:
         x = torch.from_numpy(np.ascontiguousarray(image))[None].to(self.device)
         with self.autocast():
             return predict_logits(
-                self.model, x, self.cfg.data.patch_size, mode=self.cfg.inference.mode,
-                overlap=self.cfg.inference.overlap, sw_batch_size=self.cfg.inference.sw_batch_size,
+                self.model,
+                x,
+                self.cfg.data.patch_size,
+                mode=self.cfg.inference.mode,
+                overlap=self.cfg.inference.overlap,
+                sw_batch_size=self.cfg.inference.sw_batch_size,
                 spatial_dims=self.cfg.network.spatial_dims,
             ).float()
 
@@ -381,8 +401,13 @@ class _Progress:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
             self._bar = Progress(
-                TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                TextColumn("train"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
                 transient=False,
             )
             self._task = self._bar.add_task("train", total=total, completed=start, info="")

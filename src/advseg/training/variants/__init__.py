@@ -16,5 +16,7 @@ def trainer_class(cfg: Config) -> type[Trainer]:
 
     mode = cfg.adversarial.mode
     if mode not in ADVERSARIAL_TRAINERS:
-        raise ValueError(f"unknown adversarial.mode {mode!r} (known: {', '.join(sorted(ADVERSARIAL_TRAINERS))})")
+        raise ValueError(
+            f"unknown adversarial.mode {mode!r} (known: {', '.join(sorted(ADVERSARIAL_TRAINERS))})"
+        )
     return ADVERSARIAL_TRAINERS[mode]

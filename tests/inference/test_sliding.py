@@ -1,0 +1,79 @@
+"""Whole-volume inference: slab recipe, 2D slice-wise, flip TTA, largest component."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from advseg.inference.postprocess import keep_largest_component
+from advseg.inference.sliding import flip_tta, predict_2d, predict_logits, predict_slabs
+
+
+class Recorder(torch.nn.Module):
+    """Returns a per-slab constant logit map so the stacking order is visible."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(tuple(x.shape))
+        return torch.cat([x, -x], dim=1)
+
+
+def test_slabs_are_one_batch_and_stack_back_in_order() -> None:
+    model = Recorder()
+    image = torch.arange(64, dtype=torch.float32).view(1, 1, 64, 1, 1).expand(1, 1, 64, 4, 4).contiguous()
+    out = predict_slabs(model, image, 16)
+    assert model.batches == [(4, 1, 16, 4, 4)]  # the study's four slabs, one forward pass
+    torch.testing.assert_close(out[:, :1], image)
+
+
+def test_slabs_with_a_remainder_cover_every_slice() -> None:
+    image = torch.randn(1, 1, 40, 4, 4)
+    out = predict_slabs(Recorder(), image, 16)
+    torch.testing.assert_close(out[:, :1], image)
+
+
+def test_sliding_window_matches_identity_model() -> None:
+    image = torch.randn(1, 1, 20, 24, 24)
+    out = predict_logits(Recorder(), image, (16, 16, 16), mode="sliding_window", overlap=0.5)
+    torch.testing.assert_close(out[:, :1], image, atol=1e-5, rtol=1e-5)
+
+
+def test_2d_network_runs_slice_by_slice() -> None:
+    image = torch.randn(1, 1, 5, 8, 8)
+    model = Recorder()
+    out = predict_2d(model, image, batch=2)
+    assert out.shape == (1, 2, 5, 8, 8)
+    assert all(len(b) == 4 for b in model.batches)
+    torch.testing.assert_close(out[:, :1], image)
+
+
+def test_flip_tta_swaps_left_right_classes() -> None:
+    # A model that learned "the left organ (class 1) is at low x, the right one (class 2) at high x".
+    # On the flipped image it still calls the low-x blob class 1; un-flipped, that blob is the patient's
+    # right organ, so the pair must be swapped back before averaging.
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        logits = torch.zeros(1, 3, *x.shape[2:])
+        logits[:, 1, ..., :half] = 10 * (x[:, 0, ..., :half] > 0)
+        logits[:, 2, ..., half:] = 10 * (x[:, 0, ..., half:] > 0)
+        return logits
+
+    x = -torch.ones(1, 1, 2, 2, 4)
+    x[..., 0] = 1.0
+    x[..., 3] = 1.0  # a blob on each side
+    with_swap = flip_tta(predict, x, lr_pairs=[(1, 2)])
+    without = flip_tta(predict, x, lr_pairs=())
+    assert (with_swap[:, 1, ..., 0] > 0.99).all() and (with_swap[:, 2, ..., 3] > 0.99).all()
+    assert (without[:, 2, ..., 3] < 0.6).all()  # the unswapped average mixes left and right
+
+
+def test_keep_largest_component_per_class() -> None:
+    lab = np.zeros((1, 10, 10), np.uint8)
+    lab[0, 1:4, 1:4] = 1
+    lab[0, 7, 7] = 1
+    lab[0, 6:9, 1:3] = 2
+    out = keep_largest_component(lab)
+    assert out[0, 7, 7] == 0 and (out[0, 1:4, 1:4] == 1).all() and (out[0, 6:9, 1:3] == 2).all()
