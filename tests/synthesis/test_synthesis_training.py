@@ -211,6 +211,12 @@ def test_report_with_a_fake_segmenter(trained_gan: Path, tiny_phantom: Path, tmp
     assert "| bladder |" in md and "Wasserstein" in md
     with pytest.raises(InputError, match="no synth_"):
         synthesis_report(trained_gan, tmp_path / "model", tiny_phantom, tmp_path / "rep2", samples=tmp_path)
+    # the command, on the samples just written
+    res = CliRunner().invoke(app, ["report", str(trained_gan), "--model", str(tmp_path / "model"), "--data",
+                                   str(tiny_phantom), "--out", str(tmp_path / "rep3"), "--samples",
+                                   str(tmp_path / "rep" / "samples"), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "| left_femur |" in res.output and (tmp_path / "rep3" / "synth_slices.png").exists()
 
 
 def test_cli_train_resume_sample_and_errors(tiny_phantom: Path, tmp_path: Path) -> None:

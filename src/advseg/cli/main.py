@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from advseg.errors import InputError
+from advseg.synthesis.cli import app as synthesis_app
 
 app = typer.Typer(
     name="advseg",
@@ -169,6 +170,15 @@ def demo(
         run_demo(out, method=method, synthetic=synthetic, iterations=iterations, seed=seed)
     except InputError as exc:
         _fail(exc)
+
+
+from advseg.experiments.cli import experiment, report  # noqa: E402  (issue 5: experiment matrix, HTML report)
+
+app.command()(experiment)
+app.command()(report)
+
+
+app.add_typer(synthesis_app, name="synthesize", help="3D progressive-growing GAN: train, sample, report.")
 
 
 def main() -> None:

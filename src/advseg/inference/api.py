@@ -92,23 +92,16 @@ class SegmentationModel:
         pred = probs.argmax(1)  # (1, Z, Y, X)
         confidence = None
         if with_confidence:
-            if self.discriminator is None:
-                raise InputError(
-                    None, "this run has no discriminator D: --save-confidence needs an adversarial run"
-                )
-            from advseg.networks.discriminators import build_discriminator_input, onehot, resolve_d_input
+            from advseg.training.variants.registry import confidence_map, has_confidence_map
 
-            a = self.cfg.adversarial
-            d_in = build_discriminator_input(
-                resolve_d_input(a), x + a.d_image_offset, onehot(pred, probs.shape[1])
-            )
-            conf = torch.sigmoid(self.discriminator(d_in))[0].cpu().numpy()
-            confidence = Volume(
-                self.preprocessor.invert_probabilities(conf, case.info, outside_class=None)[0].astype(
-                    np.float32
-                ),
-                ref.affine,
-            )
+            if self.discriminator is None or not has_confidence_map(self.cfg):
+                raise InputError(
+                    None, "--save-confidence needs a run whose discriminator gives a per-voxel confidence "
+                    "map (fcn or dcgan2d, e.g. res_unet_aux_adv_semi)",
+                )
+            conf = confidence_map(self.cfg, self.discriminator, x, probs)[0].cpu().numpy()
+            conf = self.preprocessor.invert_probabilities(conf, case.info, outside_class=None)[0]
+            confidence = Volume(conf.astype(np.float32), ref.affine)
         labels = self.preprocessor.invert_label(pred[0].cpu().numpy().astype(np.uint8), case.info)
         if self.cfg.inference.keep_largest:
             labels = keep_largest_component(labels)

@@ -14,6 +14,7 @@ Run folder layout::
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -68,6 +69,17 @@ def select_cases(cfg: Config, index: DatasetIndex, splits_path: Path) -> dict[st
     return {"labeled": labeled, "unlabeled_withheld": withheld, "val": val}
 
 
+def splits_path(cache_root: Path, index: DatasetIndex, cfg: Config) -> Path:
+    """Where the fold split of a dataset is kept: written once, reused by every later run.
+
+    Keyed by the set of labeled case names (not only the dataset's name), so two datasets that share
+    a name but not their cases never share a split.
+    """
+    names = "\n".join(sorted(c.name for c in index.training))
+    key = hashlib.sha1(names.encode()).hexdigest()[:10]
+    return cache_root / index.name / f"splits_{key}_{cfg.train.folds}fold_seed{cfg.train.seed}.json"
+
+
 def _check_out(out: Path, resume: bool) -> None:
     if resume:
         if not (out / "config.yaml").exists():
@@ -95,9 +107,7 @@ def prepare_training(
     cfg = finalize_config(cfg, index)
 
     cache_root = default_cache_root(cfg.data)
-    selection = select_cases(
-        cfg, index, cache_root / index.name / f"splits_{cfg.train.folds}fold_seed{cfg.train.seed}.json"
-    )
+    selection = select_cases(cfg, index, splits_path(cache_root, index, cfg))
     extra_unlabeled = [c.name for c in index.unlabeled] if cfg.adversarial.semi else []
     with_labels = set(selection["labeled"]) | set(selection["val"])
     wanted = sorted(with_labels | set(selection["unlabeled_withheld"]) | set(extra_unlabeled))

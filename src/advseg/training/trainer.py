@@ -236,10 +236,10 @@ class Trainer:
         from advseg.training.figures import save_validation_figure
 
         cases = []
-        for name, img, lbl, pred in zip(
-            self.data.val_names, self.data.val_images, self.data.val_labels, self._val_preds, strict=False
+        for name, img, lbl, (pred, probs) in zip(
+            self.data.val_names, self.data.val_images, self.data.val_labels, self._val_figure, strict=False
         ):
-            cases.append((name, img[0], lbl, pred, self.confidence_map(img, pred)))
+            cases.append((name, img[0], lbl, pred, self.confidence_map(img, probs)))
         folder = self.run_dir / "figures"
         folder.mkdir(exist_ok=True)
         save_validation_figure(
@@ -249,8 +249,9 @@ class Trainer:
             title=f"iteration {self.iteration}: mean DSC {scores['dsc_mean']:.3f}",
         )
 
-    def confidence_map(self, image: np.ndarray, pred: np.ndarray) -> np.ndarray | None:
-        """Hook: D's per-voxel confidence ``(Z, Y, X)`` for a prediction (None without a D)."""
+    def confidence_map(self, image: np.ndarray, probs: torch.Tensor) -> np.ndarray | None:
+        """Hook: D's per-voxel confidence ``(Z, Y, X)`` for S's softmax ``probs`` ``(1, K, Z, Y, X)`` of the
+        preprocessed ``image`` ``(C, Z, Y, X)`` (None without a per-voxel D)."""
         return None
 
     # ------------------------------------------------------------------ loop
@@ -310,12 +311,13 @@ class Trainer:
         if not self.data.val_images:
             return {}
         per_case = []
-        self._val_preds: list[np.ndarray] = []
+        self._val_figure: list[tuple[np.ndarray, torch.Tensor]] = []
         for img, lbl in zip(self.data.val_images, self.data.val_labels, strict=True):
-            pred = self.predict_volume(img).argmax(1)[0].cpu().numpy()
+            logits = self.predict_volume(img)
+            pred = logits.argmax(1)[0].cpu().numpy()
             per_case.append(dice_per_class(pred, lbl, self.data.num_classes))
-            if len(self._val_preds) < self.FIGURE_CASES:
-                self._val_preds.append(pred)
+            if len(self._val_figure) < self.FIGURE_CASES:
+                self._val_figure.append((pred, torch.softmax(logits, dim=1)))
         dsc = np.nanmean(np.asarray(per_case, dtype=np.float64), axis=0)
         scores = {f"dsc_{self.data.labels.get(c, c)}": float(dsc[c]) for c in range(1, self.data.num_classes)}
         scores["dsc_mean"] = float(np.nanmean(dsc[1:]))

@@ -174,20 +174,16 @@ class AdversarialTrainer(Trainer):
             "d_fake": float(torch.sigmoid(d_fake.detach().float()).mean()),
         }
 
-    @torch.inference_mode()
-    def confidence_map(self, image: np.ndarray, pred: np.ndarray) -> np.ndarray | None:
-        """sigmoid(D(x * onehot(pred))) on a whole preprocessed volume, ``(Z, Y, X)`` in [0, 1]."""
-        if getattr(self.D, "spatial_output", True) is False:
+    def confidence_map(self, image: np.ndarray, probs: torch.Tensor) -> np.ndarray | None:
+        """sigmoid(D(.)) of S's prediction on a whole preprocessed volume, ``(Z, Y, X)`` in [0, 1], fed to
+        D as in training (see :func:`advseg.training.variants.registry.confidence_map`)."""
+        from advseg.training.variants.registry import confidence_map, has_confidence_map
+
+        if not has_confidence_map(self.cfg):
             return None
         self.D.eval()
         x = torch.from_numpy(np.ascontiguousarray(image))[None].to(self.device)
-        y = onehot(torch.from_numpy(pred)[None].to(self.device), self.data.num_classes)
-        if self.cfg.network.spatial_dims == 2:  # slice-wise D
-            x, y = x[0].transpose(0, 1), y[0].transpose(0, 1)
-            conf = torch.sigmoid(self.d_forward(x, y))[:, 0]
-        else:
-            conf = torch.sigmoid(self.d_forward(x, y))[0, 0]
-        return conf.float().cpu().numpy() if conf.dim() == 3 else None
+        return confidence_map(self.cfg, self.D, x, probs.to(self.device))[0, 0].cpu().numpy()
 
     # -- state ---------------------------------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:

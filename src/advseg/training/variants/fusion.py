@@ -31,7 +31,6 @@ Decisions (following the authors' published code where the paper is silent):
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -102,6 +101,3 @@ class FusionTrainer(AdversarialTrainer):
         return {"loss_d": float(loss_d.detach()), "d_real": float(p_truth.mean()),
                 "d_fake": float((1 - p_truth).mean())}
 
-    def confidence_map(self, image: np.ndarray, pred: np.ndarray) -> np.ndarray | None:
-        """None: the fusion D ranks two whole segmentations and has no per-voxel confidence."""
-        return None

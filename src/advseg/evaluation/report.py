@@ -1,0 +1,362 @@
+"""``advseg report``: one self-contained HTML page for a matrix folder, a folder of runs, or one run.
+
+The page opens offline: styles are inline, every figure is a PNG embedded as base64
+(``<img src="data:image/png;base64,...">``), nothing is fetched. It holds:
+
+* the result tables of :mod:`advseg.experiments.aggregate` (per-organ mean ± std, best bold,
+  Wilcoxon p-values), also written to ``results/`` beside it;
+* learning curves from each arm's ``log.jsonl`` (its first finished cell), and the validation mean
+  DSC of every arm;
+* overlay figures like Fig. 4 of the pelvic CT study: per case and axial slice, the image, the
+  ground truth, the baseline's prediction, the method's prediction and a contour overlay (truth
+  solid, baseline dotted, method dashed); with D's confidence map as a sixth panel when the method's
+  predictions were written with confidence (``predict_path(..., save_confidence=True)`` or a
+  matrix with ``save_confidence: true``).
+
+Baseline and method: the ``report:`` entry of the experiment config (``baseline``, ``method``,
+``level``, ``cases``, ``slices``), else the first and the last method, at the first labeled level
+both have, on the first fold/seed both finished. A single run folder shows its own predictions
+without a baseline. Slices are taken at evenly spaced quantiles of the ground truth's axial extent.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from advseg.errors import InputError
+from advseg.experiments.aggregate import (
+    POOLING_NOTE,
+    Aggregate,
+    CellResult,
+    Collection,
+    Table,
+    aggregate,
+    find_results,
+    tables,
+    write_aggregate,
+)
+
+CT_WINDOW = (-200.0, 300.0)  # soft-tissue window (HU) for CT slices; MR uses percentiles
+MR_PERCENTILES = (0.5, 99.5)
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1400px;
+color:#222;padding:0 1em}
+h1{font-size:1.6em}h2{font-size:1.3em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+h3{font-size:1.05em;margin-top:1.5em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.88em}
+th,td{border:1px solid #ccc;padding:.25em .6em}th{background:#f3f3f3}
+td.r{text-align:right;font-variant-numeric:tabular-nums}
+img{max-width:100%;border:1px solid #eee;margin:.3em 0}
+.note{color:#555;font-size:.88em;max-width:60em}
+code{background:#f5f5f5;padding:0 .2em}
+"""
+
+
+def write_report(path: str | Path, out: str | Path | None = None) -> Path:
+    """Write ``report.html`` for ``path`` (default into ``path``) and return its path.
+
+    Raises :class:`InputError` if ``path`` is not a matrix folder, a run folder or a folder of runs.
+    """
+    from advseg.experiments.matrix import atomic_write_text
+
+    collection = find_results(path)
+    out = Path(out) if out is not None else collection.root / "report.html"
+    if out.exists() and out.is_dir():
+        raise InputError(out, "is a folder; give the HTML file to write")
+    parts = [f"<h1>{_e(collection.name)}</h1>", _overview(collection)]
+    agg = None
+    try:
+        agg = aggregate(collection)
+    except InputError as exc:
+        parts.append(f"<p class='note'>No result tables: {_e(exc.problem)}.</p>")
+    if agg is not None:
+        if collection.kind == "matrix":
+            write_aggregate(agg, collection.root / "results")
+        parts += ["<h2>Results</h2>", f"<p class='note'>{_e(POOLING_NOTE)}</p>"]
+        parts += [f"<p class='note'>{_e(n)}</p>" for n in agg.notes]
+        for t in tables(agg):
+            parts.append(f"<h3>{_e(t.title)}</h3>{html_table(t)}")
+    parts.append(_learning_curves(collection))
+    parts.append(_overlays(collection, agg))
+    page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>advseg report: {_e(collection.name)}</title><style>{_CSS}</style></head><body>"
+            + "\n".join(p for p in parts if p)
+            + f"<p class='note'>Written by advseg report on {time.strftime('%Y-%m-%d %H:%M')}.</p>"
+            + "</body></html>\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, page)
+    return out
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text))
+
+
+def html_table(table: Table) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in table.header)
+    body = []
+    for row in table.rows:
+        cells = []
+        for (text, bold), align in zip(row, table.align, strict=True):
+            content = f"<strong>{_e(text)}</strong>" if bold else _e(text)
+            cells.append(f"<td class='{align}'>{content}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def png_tag(png: bytes, alt: str) -> str:
+    return f"<img alt='{_e(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode('ascii')}'>"
+
+
+def _overview(c: Collection) -> str:
+    what = {"matrix": "experiment matrix", "runs": "folder of training runs", "run": "training run"}[c.kind]
+    items = [f"<li>{what}: <code>{_e(c.root.resolve())}</code></li>",
+             f"<li>finished cells: {len(c.cells)} of {c.total_cells}</li>"]
+    if c.arms:
+        items.append(f"<li>arms (method @ labeled level): {_e(', '.join(c.arms))}</li>")
+    return "<ul>" + "".join(items) + "</ul>"
+
+
+# --------------------------------------------------------------------------------- learning curves
+
+
+def _figure_png(fig: Any, dpi: int = 80) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _read_log(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "log.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _learning_curves(c: Collection) -> str:
+    from advseg.training.log import TrainingLog
+
+    runs: dict[str, list[Path]] = {}
+    for cell in c.cells:
+        runs.setdefault(cell.arm, []).append(cell.run_dir)
+    if not runs and c.kind == "run":
+        runs = {c.name: [c.root]}
+    parts = []
+    val_png = _validation_curves(runs)
+    if val_png:
+        parts.append(png_tag(val_png, "validation mean DSC per arm"))
+    with tempfile.TemporaryDirectory() as tmp:
+        for arm, dirs in runs.items():
+            log_path = dirs[0] / "log.jsonl"
+            if not log_path.is_file():
+                continue
+            png = Path(tmp) / "curves.png"
+            TrainingLog(log_path).plot(png)  # the run's own learning-curve figure, from log.jsonl
+            parts.append(f"<h3>{_e(arm)} <span class='note'>({_e(dirs[0].name)})</span></h3>"
+                         + png_tag(png.read_bytes(), f"learning curves {arm}"))
+    if not parts:
+        return ""
+    return "<h2>Learning curves</h2>" + "".join(parts)
+
+
+def _validation_curves(runs: dict[str, list[Path]]) -> bytes | None:
+    """Validation mean DSC against the iteration, averaged over each arm's cells."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {}
+    for arm, dirs in runs.items():
+        by_it: dict[int, list[float]] = {}
+        for d in dirs:
+            for r in _read_log(d):
+                if r.get("kind") == "val" and r.get("dsc_mean") is not None:
+                    by_it.setdefault(int(r["iteration"]), []).append(float(r["dsc_mean"]))
+        if by_it:
+            its = sorted(by_it)
+            series[arm] = (its, [float(np.mean(by_it[i])) for i in its])
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for arm, (its, vals) in series.items():
+        ax.plot(its, vals, marker="o", ms=3, lw=1.2, label=arm)
+    ax.set(xlabel="iteration", ylabel="validation mean DSC", ylim=(0, 1),
+           title="validation mean foreground DSC (mean over the arm's cells)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return _figure_png(fig)
+
+
+# ------------------------------------------------------------------------------------ overlay figures
+
+
+def _pick_cells(c: Collection) -> tuple[CellResult | None, CellResult | None, str]:
+    """(baseline cell, method cell, explanation) for the overlay figures."""
+    cells = [x for x in c.cells if x.cases and x.predictions is not None]
+    if not cells:
+        return None, None, "no predictions with known test cases"
+    if c.kind == "run":
+        return None, cells[0], ""
+    methods = list(dict.fromkeys(x.method for x in cells))
+    base_name = c.report.get("baseline", methods[0])
+    meth_name = c.report.get("method", methods[-1])
+    base = [x for x in cells if x.method == base_name]
+    meth = [x for x in cells if x.method == meth_name]
+    if not meth:
+        return None, None, f"method {meth_name!r} has no finished cell"
+    level = c.report.get("level")
+    levels = [x.level for x in meth]
+    if level is not None:
+        want = f"{level:g}" if isinstance(level, int | float) and not isinstance(level, bool) else str(level)
+        levels = [lv for lv in levels if lv == want]
+        if not levels:
+            return None, None, f"method {meth_name!r} has no finished cell at level {want}"
+    shared = [lv for lv in levels if any(b.level == lv for b in base)]
+    lv = shared[0] if shared else levels[0]
+    meth = [x for x in meth if x.level == lv]
+    if base_name == meth_name or not base:
+        return None, meth[0], ""
+    base_same = [b for b in base if b.level == lv] or base
+    for m in meth:
+        for b in base_same:
+            if (b.seed, b.fold) == (m.seed, m.fold):
+                return b, m, ""
+    return base_same[0], meth[0], ""
+
+
+def _overlays(c: Collection, agg: Aggregate | None) -> str:
+    base, meth, why = _pick_cells(c)
+    if meth is None:
+        return f"<h2>Segmentations</h2><p class='note'>No overlay figures: {_e(why)}.</p>"
+    n_cases = int(c.report.get("cases", 3))
+    n_slices = int(c.report.get("slices", 3))
+    names = sorted(n for n in meth.cases if base is None or n in base.cases)[:n_cases]
+    labels, modality = _labels_and_modality(meth.run_dir)
+    desc = (f"Baseline <code>{_e(base.arm)}</code> (seed {base.seed}, fold {base.fold}) vs "
+            if base is not None else "")
+    parts = ["<h2>Segmentations (Fig. 4 style)</h2>",
+             f"<p class='note'>{desc}method <code>{_e(meth.arm)}</code> "
+             f"(seed {meth.seed}, fold {meth.fold}), "
+             f"{len(names)} test case(s), {n_slices} axial slices each. Contours: truth solid, baseline "
+             "dotted, method dashed. Confidence: D's per-voxel confidence (1 = looks like a real label).</p>"]
+    for name in names:
+        try:
+            png = overlay_figure(name, meth.cases[name], base, meth, labels, modality, n_slices)
+        except (OSError, InputError, ValueError) as exc:
+            parts.append(f"<p class='note'>{_e(name)}: cannot draw ({_e(exc)})</p>")
+            continue
+        parts.append(f"<h3>{_e(name)}</h3>" + png_tag(png, f"segmentations of {name}"))
+    return "".join(parts)
+
+
+def _labels_and_modality(run_dir: Path) -> tuple[dict[int, str], str]:
+    info_path = run_dir / "dataset_info.json"
+    if not info_path.is_file():
+        return {}, "CT"
+    info = json.loads(info_path.read_text())
+    labels = {int(k): v for k, v in info.get("labels", {}).items() if int(k) != 0}
+    return labels, str(info.get("modality", "CT")).upper()
+
+
+def pick_slices(truth: np.ndarray, n: int) -> list[int]:
+    """``n`` axial indices at evenly spaced quantiles of the slices holding foreground (the middle
+    slice if there is none)."""
+    zs = np.flatnonzero(truth.reshape(truth.shape[0], -1).any(1))
+    if zs.size == 0:
+        return [truth.shape[0] // 2]
+    picks = [int(zs[int(round(q * (zs.size - 1)))]) for q in np.linspace(0, 1, n + 2)[1:-1]]
+    return list(dict.fromkeys(picks))
+
+
+def _window(image: np.ndarray, modality: str) -> tuple[float, float]:
+    if modality == "CT":
+        return CT_WINDOW
+    lo, hi = np.percentile(image, MR_PERCENTILES)
+    return float(lo), float(hi) if hi > lo else float(lo) + 1.0
+
+
+def overlay_figure(
+    name: str, case: dict[str, Any], base: CellResult | None, meth: CellResult, labels: dict[int, str],
+    modality: str, n_slices: int = 3,
+) -> bytes:
+    """PNG: one row per slice: image | truth | baseline | method | contours (| confidence)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    from advseg.io import read_volume
+
+    image_vol = read_volume(case["images"][0])
+    image = image_vol.array.astype(np.float32)
+    truth = read_volume(case["label"]).array.astype(np.int64)
+    pred_m = read_volume(meth.predictions / f"{name}.nii.gz").array.astype(np.int64)
+    pred_b = read_volume(base.predictions / f"{name}.nii.gz").array.astype(np.int64) if base else None
+    conf_path = meth.confidence_file(name)
+    conf = read_volume(conf_path).array if conf_path is not None else None
+    for what, arr in (("prediction", pred_m), ("baseline prediction", pred_b), ("confidence", conf)):
+        if arr is not None and arr.shape != truth.shape:
+            raise ValueError(f"{what} shape {arr.shape} differs from the label's {truth.shape}")
+    k = max([*labels, int(truth.max()), int(pred_m.max()), 1]) + 1
+    cmap = plt.get_cmap("tab10", 10)
+    colors = [cmap(i % 10) for i in range(k)]
+    lo, hi = _window(image, modality)
+    sz, sy, sx = image_vol.spacing
+    aspect = sy / sx
+
+    panels = ["image", "ground truth"] + (["baseline"] if pred_b is not None else []) + ["method", "contours"]
+    if conf is not None:
+        panels.append("confidence")
+    slices = pick_slices(truth, n_slices)
+    fig, axes = plt.subplots(len(slices), len(panels), figsize=(2.3 * len(panels), 2.4 * len(slices)),
+                             squeeze=False)
+    for row, z in zip(axes, slices, strict=True):
+        img = image[z]
+        for ax, panel in zip(row, panels, strict=True):
+            ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, origin="lower", aspect=aspect,
+                      interpolation="nearest")
+            lab = {"ground truth": truth, "baseline": pred_b, "method": pred_m}.get(panel)
+            if lab is not None:
+                rgba = np.zeros((*img.shape, 4), np.float32)
+                for c in range(1, k):
+                    rgba[lab[z] == c] = (*colors[c][:3], 0.55)
+                ax.imshow(rgba, origin="lower", aspect=aspect, interpolation="nearest")
+            elif panel == "contours":
+                for arr, style in ((truth, "solid"), (pred_b, "dotted"), (pred_m, "dashed")):
+                    if arr is None:
+                        continue
+                    for c in range(1, k):
+                        mask = (arr[z] == c).astype(np.float32)
+                        if mask.any() and not mask.all():
+                            ax.contour(mask, levels=[0.5], colors=[colors[c]], linestyles=style,
+                                       linewidths=1.0, origin="lower")
+            elif panel == "confidence":
+                ax.imshow(conf[z], cmap="magma", vmin=0, vmax=1, origin="lower", aspect=aspect,
+                          interpolation="nearest")
+            title = {"baseline": f"baseline {base.method if base else ''}", "method": f"method {meth.method}"}
+            ax.set_title(f"{name} z={z}" if panel == "image" else title.get(panel, panel), fontsize=7)
+            ax.axis("off")
+    handles = [Line2D([0], [0], color=colors[c], lw=3, label=labels.get(c, f"class {c}"))
+               for c in range(1, k)]
+    styles = [("solid", "truth"), ("dotted", "baseline"), ("dashed", "method")]
+    if pred_b is None:
+        styles.pop(1)
+    handles += [Line2D([0], [0], color="k", ls=s, label=t) for s, t in styles]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return _figure_png(fig, dpi=80)

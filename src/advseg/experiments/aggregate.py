@@ -1,0 +1,534 @@
+"""Aggregation of an experiment matrix (or of run folders): Table-II-style summaries and paired tests.
+
+**Pooling**: an *arm* is one method at one labeled level (``res_unet@0.25``). Its summary pools the
+per-case values of every test case of every fold and seed: one sample per ``(case, fold, seed)``
+(not a mean of fold means), NaN (undefined: exactly one of prediction and truth empty) left out,
+mean ± sample standard deviation (``ddof=1``) with ``n`` the samples used. With ``test: cv`` each
+labeled case is one sample per seed; with a fixed test set, each test case counts once per fold and
+seed.
+
+**Paired tests**: two arms are compared with the Wilcoxon signed-rank test
+(:func:`advseg.evaluation.stats.paired_wilcoxon`) on the samples both have, paired by
+``(case, fold, seed)``. ``compare``: ``same_level`` (every two methods at the same labeled level),
+``all`` (every two arms), or a list of ``[arm, arm]`` pairs.
+
+**Best values**: bold in every table column (max for DSC and NSD, min for AHD, ASHD and HD95, min
+``|RVD|``), comparing the numbers as shown.
+
+Written into ``<matrix>/results/``: ``summary.md``, ``summary.csv`` (one row per arm x organ x
+metric), ``summary.json``, ``wilcoxon.csv``, ``per_case.csv`` (every pooled sample).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from advseg.errors import InputError
+from advseg.evaluation.stats import best_rows, describe, paired_wilcoxon
+from advseg.metrics.accumulate import METRIC_UNITS, METRICS
+
+TABLE_METRICS: tuple[str, ...] = ("dsc", "ahd", "ashd", "rvd", "hd95", "nsd")
+"""The pelvic study's Table II metrics, in its order."""
+TEST_METRICS: tuple[str, ...] = ("dsc", "hd95")
+"""Metrics whose Wilcoxon p-values the Markdown shows (the CSV has every table metric)."""
+_TITLES = {"dsc": "DSC", "iou": "IoU", "sensitivity": "Sens.", "specificity": "Spec.", "precision": "Prec.",
+           "rvd": "RVD", "ahd": "AHD", "ashd": "ASHD", "hd95": "HD95", "nsd": "NSD"}
+_DECIMALS = {"": 3, "%": 1, "mm": 2}
+
+
+def metric_title(metric: str, nsd_tolerance_mm: float | None = None) -> str:
+    if metric == "nsd" and nsd_tolerance_mm is not None:
+        return f"NSD@{nsd_tolerance_mm:g}mm"
+    unit = METRIC_UNITS.get(metric, "")
+    return f"{_TITLES.get(metric, metric)} ({unit})" if unit else _TITLES.get(metric, metric)
+
+
+def decimals(metric: str) -> int:
+    return _DECIMALS[METRIC_UNITS.get(metric, "")]
+
+
+# ------------------------------------------------------------------------------------ finding results
+
+
+@dataclass
+class CellResult:
+    """One evaluated run: which arm, fold and seed, and where its outputs are."""
+
+    method: str
+    level: str  # "0.25" (fraction) or "n12" (count)
+    seed: int
+    fold: int
+    run_dir: Path
+    evaluation: Path  # folder with per_case.csv
+    predictions: Path | None = None
+    confidence: Path | None = None  # <case>.nii.gz maps, or None (see confidence_file)
+    cases: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"images": [..], "label": ..}
+
+    @property
+    def arm(self) -> str:
+        return f"{self.method}@{self.level}"
+
+    def confidence_file(self, case: str) -> Path | None:
+        """D's confidence map of ``case``: ``confidence/<case>.nii.gz`` (matrix cells) or
+        ``predictions/<case>_confidence.nii.gz`` (``advseg predict --save-confidence``)."""
+        for p in ((self.confidence / f"{case}.nii.gz") if self.confidence else None,
+                  (self.predictions / f"{case}_confidence.nii.gz") if self.predictions else None):
+            if p is not None and p.is_file():
+                return p
+        return None
+
+
+@dataclass
+class Collection:
+    """What a results folder holds: a matrix, a folder of run folders, or one run folder."""
+
+    kind: str  # "matrix" | "runs" | "run"
+    root: Path
+    name: str
+    cells: list[CellResult]
+    total_cells: int
+    arms: list[str]  # in table order
+    compare: str | list[list[str]] = "same_level"
+    report: dict[str, Any] = field(default_factory=dict)
+    nsd_tolerance_mm: float = 2.0
+    run_dirs: list[Path] = field(default_factory=list)  # every run folder, finished or not
+
+
+def level_label(fraction: float | None, count: int | None) -> str:
+    return f"n{count}" if count else f"{fraction if fraction is not None else 1.0:g}"
+
+
+def level_text(level: str) -> str:
+    """``"0.25"`` -> ``"25 %"``, ``"n12"`` -> ``"12 cases"``."""
+    if level.startswith("n"):
+        return f"{level[1:]} cases"
+    return f"{float(level) * 100:.4g} %"
+
+
+def find_results(path: str | Path) -> Collection:
+    """Index a matrix folder (``matrix.json``), one run folder (``config.yaml``), or a folder of run
+    folders (the demo's). Raises :class:`InputError` if it is none of those."""
+    from advseg.experiments.matrix import DONE_FILE, MATRIX_FILE
+
+    root = Path(path)
+    if not root.is_dir():
+        raise InputError(root, "folder not found")
+    if (root / MATRIX_FILE).is_file():
+        manifest = json.loads((root / MATRIX_FILE).read_text())
+        cells, arms, run_dirs = [], [], []
+        for c in manifest["cells"]:
+            arm = f"{c['method']}@{c['level']['label']}"
+            if arm not in arms:
+                arms.append(arm)
+            folder = root / c["folder"]
+            run_dirs.append(folder)
+            marker = folder / DONE_FILE
+            if not marker.is_file():
+                continue
+            record = json.loads(marker.read_text())
+            cells.append(CellResult(
+                method=c["method"], level=c["level"]["label"], seed=c["seed"], fold=c["fold"], run_dir=folder,
+                evaluation=folder / "evaluation", predictions=folder / "predictions",
+                confidence=folder / "confidence",
+                cases={t["name"]: t for t in record.get("test_cases", [])},
+            ))
+        return Collection("matrix", root, manifest.get("name", root.name), cells, len(manifest["cells"]),
+                          arms, manifest.get("compare", "same_level"), manifest.get("report") or {},
+                          manifest.get("nsd_tolerance_mm", 2.0), run_dirs)
+    if (root / "config.yaml").is_file():
+        cell = _run_folder_cell(root)
+        return Collection("run", root, root.name, [cell] if cell else [], 1, [cell.arm] if cell else [],
+                          run_dirs=[root])
+    runs = [p for p in sorted(root.iterdir()) if p.is_dir() and (p / "config.yaml").is_file()]
+    if not runs:
+        raise InputError(root, "not a results folder: no matrix.json, no config.yaml, no run folders inside")
+    order = _demo_order(root)
+    runs.sort(key=lambda p: (order.index(p.name) if p.name in order else len(order), p.name))
+    cells = [c for c in (_run_folder_cell(p) for p in runs) if c is not None]
+    return Collection("runs", root, root.name, cells, len(runs), [c.arm for c in cells], "all", run_dirs=runs)
+
+
+def _demo_order(root: Path) -> list[str]:
+    marker = root / "demo.json"
+    if marker.is_file():
+        try:
+            return list(json.loads(marker.read_text()).get("methods", []))
+        except (json.JSONDecodeError, AttributeError):
+            return []
+    return []
+
+
+def _run_folder_cell(run: Path) -> CellResult | None:
+    """A run folder with ``evaluation/per_case.csv`` (the demo's layout); test cases found through
+    the dataset recorded in ``dataset_info.json``."""
+    import yaml
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    train = cfg.get("train", {})
+    level = level_label(train.get("labeled_fraction"), train.get("labeled_count"))
+    evaluation = run / "evaluation"
+    cell = CellResult(run.name, level, int(train.get("seed", 0)), int(train.get("fold", 0)), run, evaluation,
+                      predictions=run / "predictions" if (run / "predictions").is_dir() else None)
+    if cell.predictions is not None:
+        cell.cases = _cases_from_dataset(run, cell.predictions)
+    return cell
+
+
+def _cases_from_dataset(run: Path, predictions: Path) -> dict[str, dict[str, Any]]:
+    from advseg.data.dataset import load_dataset
+    from advseg.io import strip_suffix
+
+    info_path = run / "dataset_info.json"
+    if not info_path.is_file():
+        return {}
+    try:
+        index = load_dataset(json.loads(info_path.read_text())["dataset"])
+    except (InputError, KeyError, json.JSONDecodeError):
+        return {}
+    out = {}
+    for p in sorted(predictions.glob("*.nii*")):
+        name = strip_suffix(p)
+        if name.endswith("_confidence"):
+            continue
+        try:
+            case = index.case(name)
+        except KeyError:
+            continue
+        if case.label is not None:
+            out[name] = {"name": name, "images": [str(i) for i in case.images], "label": str(case.label)}
+    return out
+
+
+# -------------------------------------------------------------------------------------- aggregation
+
+
+@dataclass
+class Aggregate:
+    name: str
+    arms: list[str]
+    arm_info: dict[str, dict[str, Any]]  # arm -> {"method", "level", "cells"}
+    organs: list[str]
+    metrics: list[str]
+    summary: dict[str, dict[str, dict[str, dict[str, float | int]]]]  # arm -> organ -> metric -> stats
+    tests: list[dict[str, Any]]  # {"a", "b", "organ", "metric", "n", "statistic", "p", "mean_diff"}
+    rows: list[dict[str, Any]]  # pooled samples
+    finished_cells: int
+    total_cells: int
+    nsd_tolerance_mm: float = 2.0
+    notes: list[str] = field(default_factory=list)
+
+    def samples(self, arm: str) -> int:
+        return len({(r["case"], r["fold"], r["seed"]) for r in self.rows if r["arm"] == arm})
+
+
+def read_per_case(cells: Iterable[CellResult]) -> list[dict[str, Any]]:
+    """Every ``(cell, case, organ)`` row of the cells' ``per_case.csv``, metric values as floats."""
+    rows = []
+    for cell in cells:
+        path = cell.evaluation / "per_case.csv"
+        if not path.is_file():
+            continue
+        with path.open(newline="") as fh:
+            for r in csv.DictReader(fh):
+                row: dict[str, Any] = {"arm": cell.arm, "method": cell.method, "level": cell.level,
+                                       "seed": cell.seed, "fold": cell.fold, "case": r["case"],
+                                       "organ": r["organ"]}
+                for m in METRICS:
+                    if m in r:
+                        row[m] = float(r[m]) if r[m] not in ("", None) else math.nan
+                rows.append(row)
+    return rows
+
+
+def aggregate(
+    collection: Collection,
+    metrics: Sequence[str] = TABLE_METRICS,
+    compare: str | list[list[str]] | None = None,
+) -> Aggregate:
+    """Pool the per-case rows of ``collection`` per arm, organ and metric, and run the paired tests."""
+    rows = read_per_case(collection.cells)
+    if not rows:
+        raise InputError(collection.root, "no evaluated cells yet (no evaluation/per_case.csv)")
+    arms = [a for a in collection.arms if any(r["arm"] == a for r in rows)]
+    organs = list(dict.fromkeys(r["organ"] for r in rows))
+    present = [m for m in metrics if any(m in r for r in rows)]
+    summary: dict[str, Any] = {}
+    for arm in arms:
+        summary[arm] = {}
+        for organ in organs:
+            sel = [r for r in rows if r["arm"] == arm and r["organ"] == organ]
+            summary[arm][organ] = {m: describe([r.get(m, math.nan) for r in sel]) for m in present}
+    arm_info = {}
+    for arm in arms:
+        cells = [c for c in collection.cells if c.arm == arm]
+        arm_info[arm] = {"method": cells[0].method, "level": cells[0].level, "cells": len(cells)}
+    pairs = comparison_pairs(arms, arm_info, compare if compare is not None else collection.compare,
+                             collection.root)
+    tests = []
+    for a, b in pairs:
+        for organ in organs:
+            for m in present:
+                va = _keyed(rows, a, organ, m)
+                vb = _keyed(rows, b, organ, m)
+                t = paired_wilcoxon(va, vb, m)
+                tests.append({"a": a, "b": b, "organ": organ, "metric": m, "n": t.n, "statistic": t.statistic,
+                              "p": t.p, "mean_diff": t.mean_diff})
+    notes = []
+    if len(collection.cells) < collection.total_cells:
+        notes.append(f"{len(collection.cells)} of {collection.total_cells} cells finished; the tables cover "
+                     "only those")
+    return Aggregate(collection.name, arms, arm_info, organs, present, summary, tests, rows,
+                     len(collection.cells), collection.total_cells, collection.nsd_tolerance_mm, notes)
+
+
+def _keyed(rows: list[dict[str, Any]], arm: str, organ: str, metric: str) -> dict[tuple, float]:
+    return {(r["case"], r["fold"], r["seed"]): r.get(metric, math.nan)
+            for r in rows if r["arm"] == arm and r["organ"] == organ}
+
+
+def comparison_pairs(
+    arms: list[str], arm_info: Mapping[str, Mapping[str, Any]], compare: str | list[list[str]],
+    where: Path | None = None,
+) -> list[tuple[str, str]]:
+    """The arm pairs to test (see the module docstring); an arm may be named by its method alone
+    when that method has a single level."""
+    if compare == "all":
+        return [(a, b) for i, a in enumerate(arms) for b in arms[i + 1:]]
+    if compare == "same_level":
+        return [(a, b) for i, a in enumerate(arms) for b in arms[i + 1:]
+                if arm_info[a]["level"] == arm_info[b]["level"]]
+    out = []
+    for pair in compare:
+        resolved = []
+        for name in pair:
+            matches = [a for a in arms if a == name or arm_info[a]["method"] == name]
+            if len(matches) != 1:
+                raise InputError(where, f"compare: {name!r} names {len(matches)} arms "
+                                        f"(known: {', '.join(arms)})")
+            resolved.append(matches[0])
+        out.append((resolved[0], resolved[1]))
+    return out
+
+
+# ----------------------------------------------------------------------------------------- tables
+
+
+@dataclass
+class Table:
+    """A rendered table: header and rows of ``(text, bold)`` cells; Markdown and HTML draw it."""
+
+    title: str
+    header: list[str]
+    rows: list[list[tuple[str, bool]]]
+    align: list[str]  # "l" or "r" per column
+
+
+def format_stats(metric: str, stats: Mapping[str, Any], n_full: int | None = None) -> str:
+    mean, std, n = stats.get("mean"), stats.get("std"), int(stats.get("n") or 0)
+    d = decimals(metric)
+    if n == 0 or mean is None or not math.isfinite(mean):
+        return "n/a"
+    text = f"{mean:.{d}f}" if std is None or not math.isfinite(std) else f"{mean:.{d}f} ± {std:.{d}f}"
+    return f"{text} (n={n})" if n_full is not None and n < n_full else text
+
+
+def _bold_column(metric: str, stats: list[Mapping[str, Any]]) -> list[bool]:
+    means = [s.get("mean") if int(s.get("n") or 0) else None for s in stats]
+    return best_rows(metric, means, decimals(metric))
+
+
+def overview_table(agg: Aggregate, metric: str = "dsc") -> Table:
+    """Rows arms, columns organs: ``metric`` mean ± std, best per column bold."""
+    header = ["Method", "Labeled", *agg.organs]
+    cols = [[agg.summary[a][o].get(metric, {}) for a in agg.arms] for o in agg.organs]
+    bold = [_bold_column(metric, c) for c in cols]
+    rows = []
+    for i, arm in enumerate(agg.arms):
+        info = agg.arm_info[arm]
+        n_full = agg.samples(arm)
+        rows.append([(info["method"], False), (level_text(info["level"]), False)]
+                    + [(format_stats(metric, cols[j][i], n_full), bold[j][i])
+                       for j in range(len(agg.organs))])
+    return Table(f"{metric_title(metric, agg.nsd_tolerance_mm)} per organ", header, rows,
+                 ["l", "l", *["r"] * len(agg.organs)])
+
+
+def organ_table(agg: Aggregate, organ: str) -> Table:
+    """Rows arms, columns metrics (Table II of the pelvic study for one organ)."""
+    header = ["Method", "Labeled", *[metric_title(m, agg.nsd_tolerance_mm) for m in agg.metrics], "n"]
+    cols = [[agg.summary[a][organ].get(m, {}) for a in agg.arms] for m in agg.metrics]
+    bold = [_bold_column(m, c) for m, c in zip(agg.metrics, cols, strict=True)]
+    rows = []
+    for i, arm in enumerate(agg.arms):
+        info = agg.arm_info[arm]
+        n_full = agg.samples(arm)
+        rows.append([(info["method"], False), (level_text(info["level"]), False)]
+                    + [(format_stats(m, cols[j][i], n_full), bold[j][i]) for j, m in enumerate(agg.metrics)]
+                    + [(str(n_full), False)])
+    return Table(organ, header, rows, ["l", "l", *["r"] * (len(agg.metrics) + 1)])
+
+
+def test_table(agg: Aggregate, metric: str) -> Table | None:
+    """Rows arm pairs, columns organs: two-sided p (n pairs); ``*`` marks p < 0.05."""
+    tests = [t for t in agg.tests if t["metric"] == metric]
+    if not tests:
+        return None
+    pairs = list(dict.fromkeys((t["a"], t["b"]) for t in tests))
+    rows = []
+    for a, b in pairs:
+        cells = [(a, False), (b, False)]
+        for organ in agg.organs:
+            t = next((t for t in tests if (t["a"], t["b"], t["organ"]) == (a, b, organ)), None)
+            if t is None or not math.isfinite(t["p"]):
+                cells.append(("n/a", False))
+            else:
+                cells.append((f"{t['p']:.3g}{'*' if t['p'] < 0.05 else ''} (n={t['n']})", t["p"] < 0.05))
+        rows.append(cells)
+    what = "|RVD|" if metric == "rvd" else _TITLES.get(metric, metric)
+    return Table(f"Wilcoxon signed-rank, {what}: p-values", ["A", "B", *agg.organs], rows,
+                 ["l", "l", *["r"] * len(agg.organs)])
+
+
+def tables(agg: Aggregate) -> list[Table]:
+    out = [overview_table(agg, "dsc")]
+    if "hd95" in agg.metrics:
+        out.append(overview_table(agg, "hd95"))
+    out += [organ_table(agg, o) for o in agg.organs]
+    out += [t for m in TEST_METRICS if m in agg.metrics and (t := test_table(agg, m)) is not None]
+    return out
+
+
+def markdown_table(table: Table) -> str:
+    lines = ["| " + " | ".join(table.header) + " |",
+             "|" + "|".join("---:" if a == "r" else "---" for a in table.align) + "|"]
+    for row in table.rows:
+        lines.append("| " + " | ".join(f"**{t}**" if b else t for t, b in row) + " |")
+    return "\n".join(lines)
+
+
+POOLING_NOTE = (
+    "Cells: mean ± sample standard deviation (ddof=1) over every test case of every fold and seed "
+    "(pooled per-case values, one sample per (case, fold, seed)); `(n=k)`: only k samples had a "
+    "defined value. Bold: best per column (max DSC/NSD, min AHD/ASHD/HD95, min |RVD|). Wilcoxon: "
+    "two-sided signed-rank test (scipy) on the samples both arms have, paired by (case, fold, seed); "
+    "RVD compared as |RVD|; * p < 0.05, not corrected for multiple comparisons."
+)
+
+
+def summary_markdown(agg: Aggregate) -> str:
+    lines = [f"# {agg.name}: results", "",
+             f"- cells: {agg.finished_cells} of {agg.total_cells} finished",
+             f"- arms (method @ labeled level): {', '.join(agg.arms)}",
+             f"- NSD tolerance {agg.nsd_tolerance_mm:g} mm; AHD, ASHD, HD95 in mm; RVD in %", "",
+             POOLING_NOTE, ""]
+    for note in agg.notes:
+        lines += [f"> {note}", ""]
+    for t in tables(agg):
+        lines += [f"## {t.title}", "", markdown_table(t), ""]
+    return "\n".join(lines)
+
+
+def comparison_table(summaries: Mapping[str, Mapping[str, Any]],
+                     metrics: Sequence[str] = ("dsc", "hd95", "ashd")) -> str:
+    """Markdown: one row per organ, one ``metric method`` column per metric and method (summaries as
+    :func:`advseg.evaluation.evaluate_folders` returns them), mean ± std, the best method per organ
+    and metric in bold. (The demo's side-by-side table.)"""
+    methods = list(summaries)
+    organs = list(next(iter(summaries.values()))) if summaries else []
+    head = ["organ"] + [f"{_TITLES.get(m, m)} {meth}" for m in metrics for meth in methods]
+    rows = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for organ in organs:
+        cells = [organ]
+        for m in metrics:
+            stats = [summaries[meth].get(organ, {}).get(m, {}) for meth in methods]
+            bold = _bold_column(m, stats)
+            cells += [f"**{format_stats(m, s)}**" if b else format_stats(m, s)
+                      for s, b in zip(stats, bold, strict=True)]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+# ------------------------------------------------------------------------------------------ writing
+
+
+def _nan_none(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def _num(v: Any) -> str:
+    return "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.10g}"
+
+
+def write_aggregate(agg: Aggregate, out_dir: str | Path) -> dict[str, Path]:
+    """``summary.md``, ``summary.csv``, ``summary.json``, ``wilcoxon.csv``, ``per_case.csv`` in
+    ``out_dir`` (each written atomically); returns their paths."""
+    from advseg.experiments.matrix import atomic_write_text
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["arm", "method", "labeled", "organ", "metric", "mean", "std", "n", "best"])
+    for organ in agg.organs:
+        for m in agg.metrics:
+            stats = [agg.summary[a][organ][m] for a in agg.arms]
+            for arm, s, b in zip(agg.arms, stats, _bold_column(m, stats), strict=True):
+                info = agg.arm_info[arm]
+                w.writerow([arm, info["method"], info["level"], organ, m, _num(s["mean"]), _num(s["std"]),
+                            s["n"], int(b)])
+    summary_csv = buf.getvalue()
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["a", "b", "organ", "metric", "n", "statistic", "p", "mean_diff_a_minus_b"])
+    for t in agg.tests:
+        w.writerow([t["a"], t["b"], t["organ"], t["metric"], t["n"], _num(t["statistic"]), _num(t["p"]),
+                    _num(t["mean_diff"])])
+    tests_csv = buf.getvalue()
+
+    buf = io.StringIO()
+    metric_cols = [m for m in METRICS if any(m in r for r in agg.rows)]
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["arm", "method", "labeled", "seed", "fold", "case", "organ", *metric_cols])
+    for r in agg.rows:
+        w.writerow([r["arm"], r["method"], r["level"], r["seed"], r["fold"], r["case"], r["organ"],
+                    *(_num(r.get(m, math.nan)) for m in metric_cols)])
+    per_case_csv = buf.getvalue()
+
+    doc = {
+        "name": agg.name,
+        "pooling": POOLING_NOTE,
+        "cells_finished": agg.finished_cells,
+        "cells_total": agg.total_cells,
+        "arms": [{"arm": a, **agg.arm_info[a], "samples": agg.samples(a)} for a in agg.arms],
+        "summary": {a: {o: {m: {k: _nan_none(v) for k, v in s.items()} for m, s in om.items()}
+                        for o, om in agg.summary[a].items()} for a in agg.arms},
+        "wilcoxon": [{k: _nan_none(v) for k, v in t.items()} for t in agg.tests],
+        "notes": agg.notes,
+    }
+    paths = {
+        "summary.md": summary_markdown(agg),
+        "summary.csv": summary_csv,
+        "summary.json": json.dumps(doc, indent=1, allow_nan=False) + "\n",
+        "wilcoxon.csv": tests_csv,
+        "per_case.csv": per_case_csv,
+    }
+    for name, text in paths.items():
+        atomic_write_text(out / name, text)
+    return {name: out / name for name in paths}
+
+
+def aggregate_folder(
+    path: str | Path, out_dir: str | Path | None = None
+) -> tuple[Aggregate, dict[str, Path]]:
+    """Find, aggregate and write the results of a matrix / run folder (default into ``<path>/results``)."""
+    collection = find_results(path)
+    agg = aggregate(collection)
+    return agg, write_aggregate(agg, out_dir if out_dir is not None else Path(path) / "results")

@@ -1,0 +1,84 @@
+"""``advseg experiment`` and ``advseg report`` (registered on the app in :mod:`advseg.cli.main`).
+
+Bad input (a config, a folder) is one line ``error: <file>: <problem>`` on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from advseg.errors import InputError
+
+
+def _fail(exc: InputError) -> None:
+    for line in exc.one_line().splitlines():
+        typer.echo(f"error: {line}", err=True)
+    raise typer.Exit(code=2)
+
+
+def experiment(
+    config: Annotated[str, typer.Argument(
+        help="Experiment YAML, or the name of a packaged one (phantom_six, hippocampus).")],
+    out: Annotated[Path | None, typer.Option(help="Matrix folder (default runs/<name>).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Dataset folder, replacing the config's data:.")] = None,
+    list_cells: Annotated[bool, typer.Option(
+        "--list-cells", help="Print one shell command per cell (for job arrays) and exit.")] = False,
+    cell: Annotated[int | None, typer.Option(help="Run only cell I (numbering of --list-cells).")] = None,
+    aggregate_only: Annotated[bool, typer.Option(
+        "--aggregate", help="Only aggregate the finished cells into OUT/results.")] = False,
+    device: Annotated[str | None, typer.Option(
+        help="auto | cpu | cuda | cuda:N (default: the config's).")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
+) -> None:
+    """Run a matrix of trainings (methods x labeled fractions x seeds x folds), resumable; aggregate it.
+
+    Each cell is an ordinary run folder: trained, its test cases predicted and evaluated. Finished
+    cells are skipped, so running the same command again resumes an interrupted matrix.
+    """
+    from advseg.experiments.aggregate import aggregate_folder
+    from advseg.experiments.matrix import ExperimentMatrix, load_matrix_config
+
+    try:
+        cfg = load_matrix_config(config, data=data)
+        matrix = ExperimentMatrix(cfg, out if out is not None else Path("runs") / cfg.name, device=device)
+        if list_cells:
+            for line in matrix.list_commands(config, data):
+                typer.echo(line)
+            return
+        if not aggregate_only:
+            matrix.run([cell] if cell is not None else None, progress=not quiet)
+        else:
+            matrix.check_out()
+        done, total = matrix.status()
+        if done == 0:
+            typer.echo(f"{matrix.out}: no finished cell yet (0 of {total})")
+            return
+        if cell is not None and done < total and not aggregate_only:
+            typer.echo(f"cell {cell} finished; {done} of {total} cells done in {matrix.out}")
+            return
+        matrix.write_manifest()
+        agg, paths = aggregate_folder(matrix.out)
+    except InputError as exc:
+        _fail(exc)
+    from advseg.experiments.aggregate import markdown_table, overview_table
+
+    typer.echo(markdown_table(overview_table(agg, "dsc")))
+    typer.echo(f"\n{done} of {total} cells finished; tables in {paths['summary.md'].parent}")
+
+
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Matrix folder, run folder, or a folder of run folders.")],
+    out: Annotated[Path | None, typer.Option(
+        help="HTML file to write (default RUN_DIR/report.html).")] = None,
+) -> None:
+    """Write a self-contained HTML report (tables, learning curves, overlays, confidence maps)."""
+    from advseg.evaluation.report import write_report
+
+    try:
+        path = write_report(run_dir, out)
+    except InputError as exc:
+        _fail(exc)
+    typer.echo(f"wrote {path}")
