@@ -30,9 +30,16 @@ def _measure(preset: str, repeats: int, threads: int, device: str, bf16: bool) -
     from advseg.networks.factory import build_network
 
     torch.set_num_threads(threads)
-    cfg = apply_overrides(load_preset(f"res_unet_aux+{preset}"),
-                          ["data.modality=CT", "inference.mode=slabs", "data.patch_size=[16, 128, 128]",
-                           "data.resize_xy=128", f"train.bf16_cpu={str(bf16).lower()}"])
+    cfg = apply_overrides(
+        load_preset(f"res_unet_aux+{preset}"),
+        [
+            "data.modality=CT",
+            "inference.mode=slabs",
+            "data.patch_size=[16, 128, 128]",
+            "data.resize_xy=128",
+            f"train.bf16_cpu={str(bf16).lower()}",
+        ],
+    )
     net = build_network(cfg.network)
     params = sum(p.numel() for p in net.parameters())
     model = SegmentationModel(cfg, {"nets": {"S": net.state_dict()}}, {}, [], device=device)
@@ -50,9 +57,14 @@ def _measure(preset: str, repeats: int, threads: int, device: str, bf16: bool) -
     assert pred.labels.array.shape == (64, 128, 128)
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out = {
-        "preset": preset, "params_M": params / 1e6, "threads": threads, "device": device,
-        "seconds_median": float(np.median(times)), "seconds_min": float(min(times)),
-        "peak_rss_MiB": rss1 / 1024, "inference_rss_growth_MiB": (rss1 - rss0) / 1024,
+        "preset": preset,
+        "params_M": params / 1e6,
+        "threads": threads,
+        "device": device,
+        "seconds_median": float(np.median(times)),
+        "seconds_min": float(min(times)),
+        "peak_rss_MiB": rss1 / 1024,
+        "inference_rss_growth_MiB": (rss1 - rss0) / 1024,
     }
     if device.startswith("cuda"):
         out["cuda_peak_MiB"] = torch.cuda.max_memory_allocated() / 2**20
@@ -73,17 +85,29 @@ def main() -> None:
         return
     print(f"segment one 64x128x128 volume (slab recipe, {args.threads} threads, {args.device})")
     for preset in args.presets:
-        cmd = [sys.executable, __file__, "--child", preset, "--repeats", str(args.repeats),
-               "--threads", str(args.threads), "--device", args.device] + (["--bf16"] if args.bf16 else [])
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            preset,
+            "--repeats",
+            str(args.repeats),
+            "--threads",
+            str(args.threads),
+            "--device",
+            args.device,
+        ] + (["--bf16"] if args.bf16 else [])
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode:
             print(f"{preset}: failed\n{res.stderr[-2000:]}")
             continue
         r = json.loads(res.stdout.strip().splitlines()[-1])
         extra = f", CUDA peak {r['cuda_peak_MiB']:.0f} MiB" if "cuda_peak_MiB" in r else ""
-        print(f"{preset:>6}: {r['params_M']:.2f} M params, {r['seconds_median']:.2f} s median "
-              f"(min {r['seconds_min']:.2f} s), peak RSS {r['peak_rss_MiB']:.0f} MiB "
-              f"(+{r['inference_rss_growth_MiB']:.0f} MiB during inference){extra}")
+        print(
+            f"{preset:>6}: {r['params_M']:.2f} M params, {r['seconds_median']:.2f} s median "
+            f"(min {r['seconds_min']:.2f} s), peak RSS {r['peak_rss_MiB']:.0f} MiB "
+            f"(+{r['inference_rss_growth_MiB']:.0f} MiB during inference){extra}"
+        )
 
 
 if __name__ == "__main__":
