@@ -167,6 +167,10 @@ class InferenceConfig:
     tta_flip: bool = False
     keep_largest: bool = False
     checkpoint: str = "best"  # best | last
+    # How a prediction on a resized grid goes back to the original one: "probabilities" (linear
+    # interpolation of the softmax, then argmax: smooth boundaries, as nnU-Net) or "labels" (nearest
+    # neighbour of the argmax: cheaper for very large images). Same-size grids always take the cheap path.
+    resample: str = "probabilities"
 
 
 @dataclass

@@ -78,6 +78,13 @@ class SegmentationModel:
                 spatial_dims=self.cfg.network.spatial_dims,
             ).float()
 
+    def _to_original(self, probs: torch.Tensor, pred: torch.Tensor, info: dict[str, Any]) -> np.ndarray:
+        """Label map ``(Z, Y, X)`` in the input's original geometry (see ``inference.resample``)."""
+        if self.cfg.inference.resample == "probabilities" and _resized(info, tuple(pred.shape[1:])):
+            full = self.preprocessor.invert_probabilities(probs[0].float().cpu().numpy(), info)
+            return full.argmax(0).astype(np.uint8)
+        return self.preprocessor.invert_label(pred[0].cpu().numpy().astype(np.uint8), info)
+
     @torch.inference_mode()
     def predict_volume(self, image: Volume | list[Volume], with_confidence: bool = False) -> Prediction:
         """Segment one image (a list of volumes for multi-channel input)."""
@@ -102,10 +109,14 @@ class SegmentationModel:
             conf = confidence_map(self.cfg, self.discriminator, x, probs)[0].cpu().numpy()
             conf = self.preprocessor.invert_probabilities(conf, case.info, outside_class=None)[0]
             confidence = Volume(conf.astype(np.float32), ref.affine)
-        labels = self.preprocessor.invert_label(pred[0].cpu().numpy().astype(np.uint8), case.info)
+        labels = self._to_original(probs, pred, case.info)
         if self.cfg.inference.keep_largest:
             labels = keep_largest_component(labels)
         return Prediction(Volume(labels.astype(np.uint8), ref.affine), confidence, time.perf_counter() - t0)
+
+
+def _resized(info: dict[str, Any], shape: tuple[int, ...]) -> bool:
+    return tuple(shape) != tuple(b - a for a, b in info["crop"])
 
 
 def load_model(
