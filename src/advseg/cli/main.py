@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from advseg.cli.common import fail
 from advseg.errors import InputError
 from advseg.synthesis.cli import app as synthesis_app
 
@@ -22,12 +23,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def _fail(exc: InputError) -> None:
-    for line in exc.one_line().splitlines():
-        typer.echo(f"error: {line}", err=True)
-    raise typer.Exit(code=2)
 
 
 @app.command()
@@ -45,7 +40,7 @@ def phantom(
     try:
         write_phantom_dataset(out, labeled=labeled, unlabeled=unlabeled, test=test, shape=shape, seed=seed)
     except InputError as exc:
-        _fail(exc)
+        fail(exc)
     typer.echo(f"wrote {labeled} labeled, {unlabeled} unlabeled and {test} test cases to {out}")
 
 
@@ -64,7 +59,7 @@ def validate(
         index = load_dataset(dataset, unlabeled_dirs=unlabeled)
         warnings = validate_dataset(index)
     except InputError as exc:
-        _fail(exc)
+        fail(exc)
     for w in warnings:
         typer.echo(f"warning: {w}", err=True)
     typer.echo(
@@ -105,7 +100,7 @@ def train(
         cfg = None if resume and preset is None and config is None else _config(preset, config, overrides)
         train_run(cfg, data=data, out=out, unlabeled=unlabeled or [], resume=resume)
     except InputError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @app.command()
@@ -129,7 +124,7 @@ def predict(
             checkpoint=checkpoint, save_confidence=save_confidence, device=device,
         )
     except InputError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @app.command()
@@ -149,7 +144,7 @@ def evaluate(
             dataset_json=dataset_json, nsd_tolerance_mm=nsd_tolerance,
         )
     except InputError as exc:
-        _fail(exc)
+        fail(exc)
     typer.echo(format_summary(summary, nsd_tolerance_mm=nsd_tolerance))
 
 
@@ -169,7 +164,7 @@ def demo(
     try:
         run_demo(out, method=method, synthetic=synthetic, iterations=iterations, seed=seed)
     except InputError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 from advseg.experiments.cli import experiment, report  # noqa: E402  (issue 5: experiment matrix, HTML report)

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from advseg.cli.common import fail
 from advseg.errors import InputError
 
 app = typer.Typer(
@@ -19,13 +20,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def _fail(exc: InputError) -> None:
-    # The same one-line-per-problem output as advseg.cli.main (not imported: it imports this module).
-    for line in exc.one_line().splitlines():
-        typer.echo(f"error: {line}", err=True)
-    raise typer.Exit(code=2)
 
 
 @app.command()
@@ -51,7 +45,7 @@ def train(
             cfg = make_config(preset or "small", iterations_per_stage, seed, config)
         path = train_gan(data, out, cfg, resume=resume, progress=progress)
     except InputError as exc:
-        _fail(exc)
+        fail(exc)
     typer.echo(f"GAN checkpoint: {path}; sample grids in {out / 'grids'}")
 
 
@@ -70,7 +64,7 @@ def sample(
     try:
         paths = sample_gan(gan_dir, n, out, seed=seed, device=device, resolution=resolution)
     except InputError as exc:
-        _fail(exc)
+        fail(exc)
     typer.echo(f"wrote {len(paths)} volumes to {out}")
 
 
@@ -91,6 +85,6 @@ def report(
     try:
         result = synthesis_report(gan_dir, model, data, out, n=n, seed=seed, samples=samples, device=device)
     except InputError as exc:
-        _fail(exc)
+        fail(exc)
     typer.echo((out / "report.md").read_text())
     typer.echo(f"figure: {result['figure']}")

@@ -33,8 +33,6 @@ import copy
 import csv
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -53,6 +51,7 @@ from advseg.synthesis.data import (
 from advseg.synthesis.figures import save_sample_grid
 from advseg.synthesis.layers import downsample, upsample
 from advseg.synthesis.networks import Discriminator, Generator, build_networks
+from advseg.training.checkpoint import load_checkpoint, save_checkpoint
 
 FORMAT = "advseg-pggan-1"
 LATEST = "latest.pt"
@@ -77,25 +76,14 @@ def stage_name(cfg: GANConfig, stage: int) -> str:
 # -- checkpoints ------------------------------------------------------------------------------------
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
-    """``torch.save`` to a temp file in the same folder, then rename: never a half-written checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Atomic write (temp file + rename), refusing NaN weights (the segmentation trainer's writer)."""
+    save_checkpoint(path, state)
 
 
 def load_state(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     if not path.is_file():
         raise InputError(path, "GAN checkpoint not found")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated, corrupt or not a checkpoint
-        raise InputError(path, f"cannot load GAN checkpoint ({type(exc).__name__}: {exc})") from None
+    state = load_checkpoint(path, map_location=map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise InputError(path, f"not an advseg GAN checkpoint (format {FORMAT})")
     return state
