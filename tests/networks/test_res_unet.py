@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from advseg.errors import InputError
 from advseg.networks import MultiScalePool, ResidualBlock, ResUNet, count_parameters
+from advseg.networks.blocks import avg_pool3_stride2
 
 TINY = (4, 8, 16)
 
@@ -117,6 +118,17 @@ def test_multiscale_pool_halves_each_dim(spatial_dims: int, size: tuple) -> None
     y = pool(torch.randn(2, 5, *size))
     assert y.shape == (2, 5, *(s // 2 for s in size))
     assert (y >= 0).all()  # fused by conv-norm-relu: a post-activation feature map
+
+
+@pytest.mark.parametrize("size", [(16, 32, 6), (7, 9, 5), (3, 4, 3)])
+def test_channels_last_avg_pool_matches_torch(size: tuple) -> None:
+    x = torch.randn(2, 3, *size, requires_grad=True)
+    ref = F.avg_pool3d(x, 3, 2, 1, count_include_pad=False)
+    y = avg_pool3_stride2(x.to(memory_format=torch.channels_last_3d))
+    torch.testing.assert_close(y, ref)
+    assert y.is_contiguous(memory_format=torch.channels_last_3d) and not y.is_contiguous()
+    y.sum().backward()  # gradients flow through the in-place sums
+    assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
 def test_bad_input_size_gives_clear_error() -> None:

@@ -152,7 +152,8 @@ def evaluate(
 def demo(
     out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/demo"),
     method: Annotated[
-        str | None, typer.Option(help="One method preset (default: baseline vs semi-adversarial).")
+        list[str] | None,
+        typer.Option(help="Method preset(s), repeatable (default: res_unet vs res_unet_aux_adv_semi)."),
     ] = None,
     synthetic: Annotated[int, typer.Option(help="Add N GAN-synthesized volumes to the unlabeled pool.")] = 0,
     iterations: Annotated[int | None, typer.Option(help="Override the CPU preset's iterations.")] = None,

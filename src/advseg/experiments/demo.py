@@ -98,7 +98,7 @@ def comparison_table(
 
 def run_demo(
     out: str | Path = "runs/demo",
-    method: str | None = None,
+    method: str | list[str] | None = None,
     synthetic: int = 0,
     iterations: int | None = None,
     seed: int = 0,
@@ -109,7 +109,7 @@ def run_demo(
     """Run the demo; returns ``{method: summary}``. See the module docstring for what is written."""
     from advseg.data.phantom import write_phantom_dataset
 
-    methods = [method] if method else [BASELINE, METHOD]
+    methods = [method] if isinstance(method, str) else list(method or [BASELINE, METHOD])
     for m in methods:
         if m not in preset_names():
             raise InputError(None, f"unknown method '{m}' (known: {', '.join(preset_names())})")

@@ -8,6 +8,7 @@ All blocks work on ``(B, C, Z, Y, X)`` tensors when ``spatial_dims=3`` and ``(B,
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 NORMS = ("batch", "instance")
@@ -17,7 +18,6 @@ POOLINGS = ("max", "multiscale")
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 _CONV_T = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 _MAXPOOL = {2: nn.MaxPool2d, 3: nn.MaxPool3d}
-_AVGPOOL = {2: nn.AvgPool2d, 3: nn.AvgPool3d}
 _BATCHNORM = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _INSTANCENORM = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
 _DROPOUT = {2: nn.Dropout2d, 3: nn.Dropout3d}
@@ -98,6 +98,42 @@ def residual_stage(spatial_dims: int, in_ch: int, out_ch: int, n_blocks: int, no
     return nn.Sequential(*blocks)
 
 
+def _mean3_stride2_along(x: torch.Tensor, axis: int) -> torch.Tensor:
+    """Mean over windows ``[2i-1, 2i+1]`` (stride 2) along ``axis``, out-of-range positions excluded."""
+    index: list[slice] = [slice(None)] * x.ndim
+    index[axis] = slice(0, None, 2)
+    even = x[tuple(index)]
+    index[axis] = slice(1, None, 2)
+    odd = x[tuple(index)]
+    m, k = even.shape[axis], odd.shape[axis]
+    total = even.clone(memory_format=torch.preserve_format)
+    total.narrow(axis, 0, k).add_(odd)  # x[2i+1]
+    if m > 1:
+        total.narrow(axis, 1, m - 1).add_(odd.narrow(axis, 0, m - 1))  # x[2i-1]
+    i = torch.arange(m, device=x.device)
+    count = 1.0 + (i < k).to(x.dtype) + (i >= 1).to(x.dtype)
+    shape = [1] * x.ndim
+    shape[axis] = m
+    return total / count.view(shape)
+
+
+def avg_pool3_stride2(x: torch.Tensor) -> torch.Tensor:
+    """``avg_pool(kernel=3, stride=2, padding=1, count_include_pad=False)`` over all spatial axes.
+
+    PyTorch's CPU ``avg_pool3d`` has no channels-last kernel: on a ``channels_last_3d`` tensor it is
+    ~4x slower and returns a contiguous tensor (forcing a copy in the following concatenation). For
+    channels-last inputs the same mean is computed separably (one strided 3-tap mean per axis), which
+    keeps the layout; contiguous inputs use ``avg_pool``, the faster one there.
+    """
+    spatial = x.ndim - 2
+    if spatial == 3 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+        for axis in range(2, x.ndim):
+            x = _mean3_stride2_along(x, axis)
+        return x
+    pool = F.avg_pool3d if spatial == 3 else F.avg_pool2d
+    return pool(x, kernel_size=3, stride=2, padding=1, count_include_pad=False)
+
+
 class MultiScalePool(nn.Module):
     """Multi-scale pooling: halves every spatial size while aggregating context at several scales.
 
@@ -109,7 +145,7 @@ class MultiScalePool(nn.Module):
       is not lost to the grid phase, and a 3-wide neighbourhood is summarised.
     * ``avg3``: average-pool, kernel 3, padding 1 (padding excluded from the mean) - the mean
       context, which keeps weak, diffuse evidence that max-pooling drops (low-contrast soft-tissue
-      boundaries such as bladder / prostate / rectum).
+      boundaries such as bladder / prostate / rectum). (:func:`avg_pool3_stride2`: layout-preserving.)
     * ``conv3``: a learned 3-wide convolution with stride 2 (``C -> C``) - data-driven down-sampling.
 
     Fusion: the branches are concatenated (``4C`` channels) and mixed by a 1 x 1 convolution back to
@@ -126,7 +162,6 @@ class MultiScalePool(nn.Module):
         super().__init__()
         self.max2 = _MAXPOOL[spatial_dims](kernel_size=2, stride=2)
         self.max3 = _MAXPOOL[spatial_dims](kernel_size=3, stride=2, padding=1)
-        self.avg3 = _AVGPOOL[spatial_dims](kernel_size=3, stride=2, padding=1, count_include_pad=False)
         self.conv3 = conv(spatial_dims, channels, channels, 3, stride=2, bias=False)
         self.fuse = nn.Sequential(
             conv(spatial_dims, 4 * channels, channels, 1, bias=False),
@@ -135,7 +170,7 @@ class MultiScalePool(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branches = [self.max2(x), self.max3(x), self.avg3(x), self.conv3(x)]
+        branches = [self.max2(x), self.max3(x), avg_pool3_stride2(x), self.conv3(x)]
         return self.fuse(torch.cat(branches, dim=1))
 
 
