@@ -172,16 +172,11 @@ def test_deep_supervision_updates_adaptive_dice_once_from_fused() -> None:
 
 def test_network_and_loss_train_together() -> None:
     torch.manual_seed(0)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        net = ResUNet(3, 1, 3, (4, 8, 16), pooling="multiscale", aux=True).train()
-        loss_fn = build_loss(LossConfig(), 3, class_voxel_counts=[100, 10, 1]).train()
-        outs = net(torch.randn(2, 1, 8, 16, 16))
-        loss = loss_fn(outs, torch.randint(0, 3, (2, 8, 16, 16)))
-        loss.backward()
-    finally:
-        torch.set_num_threads(before)
+    net = ResUNet(3, 1, 3, (4, 8, 16), pooling="multiscale", aux=True).train()
+    loss_fn = build_loss(LossConfig(), 3, class_voxel_counts=[100, 10, 1]).train()
+    outs = net(torch.randn(2, 1, 8, 16, 16))
+    loss = loss_fn(outs, torch.randint(0, 3, (2, 8, 16, 16)))
+    loss.backward()
     assert torch.isfinite(loss) and loss.item() > 0
     assert net.aux_heads[1].weight.grad.abs().sum() > 0
     assert int(loss_fn.base.num_updates) == 1

@@ -13,16 +13,6 @@ from advseg.errors import InputError
 from advseg.networks import ResUNet, build_network, count_parameters, has_deep_supervision
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machine, OpenMP spinning with 2 threads is ~10x slower
-    for these tiny tensors whenever another process is busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("preset,aux", [("res_unet+tiny", False), ("res_unet_aux+tiny", True)])
 def test_res_unet_from_preset(preset: str, aux: bool) -> None:
     cfg = load_preset(preset).network

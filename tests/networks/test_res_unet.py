@@ -14,16 +14,6 @@ TINY = (4, 8, 16)
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machine, OpenMP spinning with 2 threads is ~10x slower
-    for these tiny tensors whenever another process is busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
 

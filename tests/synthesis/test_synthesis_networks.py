@@ -14,16 +14,6 @@ from advseg.synthesis.layers import EqConv3d, minibatch_std, pixel_norm
 from advseg.synthesis.networks import Discriminator, Generator, stage_factors
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: with a second OpenMP thread competing for 2 busy cores, each op waits for a
-    time slice (measured 200x slower); one thread is faster and steadier here."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _nets(preset: str, channels: list[int]) -> tuple[Generator, Discriminator, list[list[int]]]:
     cfg = merge_gan_config(gan_preset(preset), {"channels": channels, "latent_channels": 4})
     torch.manual_seed(0)

@@ -25,15 +25,6 @@ TINY = {"stages": [[4, 4, 4], [8, 8, 8], [8, 16, 16]], "channels": [8, 4, 4], "l
         "checkpoint_every": 100, "ema_beta": 0.9, "seed": 3}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: a second OpenMP thread on 2 busy cores only waits (see test_synthesis_networks)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_cfg(**updates) -> GANConfig:
     return merge_gan_config(gan_preset("small"), {**TINY, **updates})
 
@@ -41,12 +32,7 @@ def tiny_cfg(**updates) -> GANConfig:
 @pytest.fixture(scope="module")
 def trained_gan(tiny_phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("gan") / "run"
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train_gan(tiny_phantom, out, tiny_cfg(), progress=False)
-    finally:
-        torch.set_num_threads(n)
+    train_gan(tiny_phantom, out, tiny_cfg(), progress=False)
     return out
 
 

@@ -1,0 +1,344 @@
+"""The experiment matrix end to end on the tiny phantom set (2 folds x 2 methods x 2 fractions), its
+interruption and resumption, --list-cells, config checks, holdout views and the aggregation math."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy.stats import wilcoxon
+from typer.testing import CliRunner
+
+from advseg.cli.main import app
+from advseg.errors import InputError
+from advseg.experiments.aggregate import (
+    CellResult,
+    Collection,
+    aggregate,
+    comparison_table,
+    summary_markdown,
+    write_aggregate,
+)
+from advseg.experiments.matrix import (
+    DONE_FILE,
+    ExperimentMatrix,
+    expand_cells,
+    load_matrix_config,
+    make_holdout_view,
+)
+
+runner = CliRunner()
+FAST = ["train.iterations=2", "train.val_every=0", "train.checkpoint_every=1"]
+
+
+def _write_config(path: Path, data: Path, **extra) -> Path:
+    raw = {
+        "name": "tiny_matrix", "data": str(data), "size": "tiny", "folds": 2, "seeds": [0],
+        "fractions": [0.5, 1.0], "test": "cv", "overrides": FAST, "compare": "same_level",
+        "methods": [{"name": "res_unet", "preset": "res_unet"}, {"name": "aux", "preset": "res_unet_aux"}],
+        **extra,
+    }
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="module")
+def matrix_run(tiny_phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Run the 8-cell matrix, interrupted by a KeyboardInterrupt after the first checkpoint of the 3rd
+    cell, then resumed through the CLI. Records every train_run call of both sessions."""
+    import advseg.training.api as api
+    from advseg.training.trainer import Trainer
+
+    root = tmp_path_factory.mktemp("matrix")
+    cfg_path = _write_config(root / "tiny.yaml", tiny_phantom)
+    out = root / "out"
+    calls: list[tuple[Path, bool]] = []
+    real_train, real_save = api.train_run, Trainer.save
+    state = {"interrupt": True}
+
+    def counting_train(cfg, data, out_dir, **kw):
+        calls.append((Path(out_dir), bool(kw.get("resume"))))
+        return real_train(cfg, data, out_dir, **kw)
+
+    def interrupting_save(self, kind):
+        path = real_save(self, kind)
+        if state["interrupt"] and len(calls) == 3 and kind == "last" and self.iteration == 1:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the 3rd cell's training
+        return path
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ADVSEG_CACHE", str(tmp_path_factory.getbasetemp() / "advseg_cache"))
+        mp.setattr(api, "train_run", counting_train)
+        mp.setattr(Trainer, "save", interrupting_save)
+        matrix = ExperimentMatrix(load_matrix_config(cfg_path), out)
+        with pytest.raises(KeyboardInterrupt):
+            matrix.run(progress=False)
+        first = list(calls)
+        done_after_first = {c.index: (matrix.cell_folder(c) / DONE_FILE).is_file() for c in matrix.cells}
+        interrupted = matrix.cell_folder(matrix.cells[2])
+        interrupted_state = {p.name for p in interrupted.iterdir()}
+        mtimes = {i: (matrix.cell_folder(matrix.cells[i]) / DONE_FILE).stat().st_mtime_ns for i in (0, 1)}
+        state["interrupt"] = False
+        calls.clear()
+        res = runner.invoke(app, ["experiment", str(cfg_path), "--out", str(out), "--quiet"])
+        second = list(calls)
+    return {"config": cfg_path, "out": out, "matrix": matrix, "first": first, "second": second,
+            "done_after_first": done_after_first, "interrupted_state": interrupted_state, "mtimes": mtimes,
+            "cli": res, "data": tiny_phantom}
+
+
+def test_interrupted_matrix_resumes_without_rerunning_finished_cells(matrix_run: dict) -> None:
+    matrix = matrix_run["matrix"]
+    folders = [matrix.cell_folder(c) for c in matrix.cells]
+    assert len(folders) == 8
+    # first session: cells 0, 1 finished, cell 2 stopped after its first checkpoint
+    assert [f for f, _ in matrix_run["first"]] == folders[:3]
+    assert [i for i, d in matrix_run["done_after_first"].items() if d] == [0, 1]
+    assert "checkpoint_last.pt" in matrix_run["interrupted_state"]
+    assert DONE_FILE not in matrix_run["interrupted_state"]
+    # second session: cell 2 resumed, 3..7 fresh, 0 and 1 untouched
+    res = matrix_run["cli"]
+    assert res.exit_code == 0, res.output
+    assert matrix_run["second"] == [(folders[2], True)] + [(f, False) for f in folders[3:]]
+    for i, mtime in matrix_run["mtimes"].items():
+        assert (folders[i] / DONE_FILE).stat().st_mtime_ns == mtime
+    assert all((f / DONE_FILE).is_file() for f in folders)
+    # the resumed cell continued at iteration 2 (log rows 1 and 2, none repeated)
+    its = [json.loads(line)["iteration"] for line in (folders[2] / "log.jsonl").read_text().splitlines()
+           if json.loads(line).get("kind") == "train"]
+    assert its == [1, 2]
+    assert "8 of 8 cells finished" in res.output
+
+
+def test_cells_are_ordinary_runs_with_cv_test_cases(matrix_run: dict) -> None:
+    from advseg.data.splits import make_kfold
+
+    matrix = matrix_run["matrix"]
+    names = sorted(p.name[: -len(".nii.gz")] for p in (matrix_run["data"] / "labelsTr").iterdir())
+    folds = make_kfold(names, 2, 0)
+    for cell in matrix.cells:
+        folder = matrix.cell_folder(cell)
+        record = json.loads((folder / DONE_FILE).read_text())
+        assert {"config.yaml", "dataset_info.json", "checkpoint_last.pt", "log.jsonl"} <= {p.name for p in
+                                                                                          folder.iterdir()}
+        tested = sorted(t["name"] for t in record["test_cases"])
+        assert tested == folds[cell.fold]["val"]  # test: cv -> the fold's validation cases
+        assert record["checkpoint"] == "last"
+        assert sorted(p.name for p in (folder / "predictions").iterdir()) == [f"{n}.nii.gz" for n in tested]
+        with (folder / "evaluation" / "per_case.csv").open() as fh:
+            assert sorted({r["case"] for r in csv.DictReader(fh)}) == tested
+        info = json.loads((folder / "dataset_info.json").read_text())
+        n_train = len(folds[cell.fold]["train"])
+        assert len(info["cases"]["labeled"]) == round(cell.level.value * n_train)
+
+
+def test_matrix_results_pool_per_case_values(matrix_run: dict) -> None:
+    results = matrix_run["out"] / "results"
+    for name in ("summary.md", "summary.csv", "summary.json", "wilcoxon.csv", "per_case.csv"):
+        assert (results / name).is_file()
+    doc = json.loads((results / "summary.json").read_text())
+    assert [a["arm"] for a in doc["arms"]] == ["res_unet@0.5", "res_unet@1", "aux@0.5", "aux@1"]
+    assert all(a["cells"] == 2 and a["samples"] == 4 for a in doc["arms"])  # 2 folds x 2 test cases
+    # pooled mean of the bladder DSC of one arm, recomputed from the cells' own per_case.csv
+    matrix = matrix_run["matrix"]
+    values = []
+    for cell in matrix.cells:
+        if cell.method == "aux" and cell.level.label == "1":
+            with (matrix.cell_folder(cell) / "evaluation" / "per_case.csv").open() as fh:
+                values += [float(r["dsc"]) for r in csv.DictReader(fh) if r["organ"] == "bladder"]
+    assert len(values) == 4
+    stats = doc["summary"]["aux@1"]["bladder"]["dsc"]
+    assert stats["mean"] == pytest.approx(np.mean(values))
+    assert stats["std"] == pytest.approx(np.std(values, ddof=1))
+    # same_level: res_unet vs aux at each fraction, nothing across fractions
+    pairs = {(t["a"], t["b"]) for t in doc["wilcoxon"]}
+    assert pairs == {("res_unet@0.5", "aux@0.5"), ("res_unet@1", "aux@1")}
+    md = (results / "summary.md").read_text()
+    assert "## bladder" in md and "| Method | Labeled | DSC |" in md and "Wilcoxon" in md
+
+
+def test_list_cells_prints_one_command_per_cell(matrix_run: dict) -> None:
+    out = matrix_run["out"]
+    res = runner.invoke(app, ["experiment", str(matrix_run["config"]), "--out", str(out), "--list-cells"])
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 8
+    for i, line in enumerate(lines):
+        argv = shlex.split(line)
+        assert argv[:3] == ["advseg", "experiment", str(matrix_run["config"].resolve())]
+        assert argv[argv.index("--out") + 1] == str(out.resolve())
+        assert argv[argv.index("--data") + 1] == str(matrix_run["data"].resolve())
+        assert argv[-2:] == ["--cell", str(i)]
+
+
+def test_finished_cell_is_skipped_and_changed_config_refused(matrix_run: dict, tmp_path: Path) -> None:
+    marker = matrix_run["matrix"].cell_folder(matrix_run["matrix"].cells[5]) / DONE_FILE
+    before = marker.stat().st_mtime_ns
+    res = runner.invoke(app, ["experiment", str(matrix_run["config"]), "--out", str(matrix_run["out"]),
+                              "--cell", "5", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert marker.stat().st_mtime_ns == before
+    changed = _write_config(tmp_path / "changed.yaml", matrix_run["data"],
+                            overrides=["train.iterations=3", "train.val_every=0", "train.checkpoint_every=1"])
+    res = runner.invoke(app, ["experiment", str(changed), "--out", str(matrix_run["out"]), "--quiet"])
+    assert res.exit_code == 2
+    assert "finished with another config" in res.output and "train.iterations" in res.output
+
+
+def test_report_of_a_matrix_holds_tables_and_png_images(matrix_run: dict) -> None:
+    import base64
+    import re
+
+    res = runner.invoke(app, ["report", str(matrix_run["out"])])
+    assert res.exit_code == 0, res.output
+    page = (matrix_run["out"] / "report.html").read_text()
+    assert "<table>" in page and "bladder" in page and "aux" in page and "Wilcoxon" in page
+    images = re.findall(r"src='data:image/png;base64,([^']+)'", page)
+    assert len(images) >= 4  # validation curves/learning curves per arm + overlay figures
+    for data in images:
+        assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "http://" not in page and "https://" not in page  # opens offline
+    assert "baseline" in page and "res_unet" in page
+
+
+# ------------------------------------------------------------------------------ config and views
+
+
+def test_config_errors_name_the_file(tmp_path: Path, tiny_phantom: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"data": str(tiny_phantom), "methods": ["res_unet"], "fractoins": [0.5]}))
+    with pytest.raises(InputError, match="fractoins") as exc:
+        load_matrix_config(bad)
+    assert exc.value.path == str(bad)
+    bad.write_text(yaml.safe_dump({"data": str(tiny_phantom), "methods": ["res_unet"], "fractions": [1.5]}))
+    with pytest.raises(InputError, match=r"fractions"):
+        load_matrix_config(bad)
+    bad.write_text(yaml.safe_dump({"data": str(tiny_phantom), "test": "cv",
+                                   "methods": [{"name": "s", "preset": "res_unet_aux_adv_semi",
+                                                "synthesize": {"n": 2}}]}))
+    with pytest.raises(InputError, match="synthesize needs a fixed test split"):
+        load_matrix_config(bad)
+    bad.write_text(yaml.safe_dump({"data": str(tiny_phantom), "methods": ["no_such_preset"]}))
+    with pytest.raises(InputError, match="no_such_preset"):
+        load_matrix_config(bad)
+    res = runner.invoke(app, ["experiment", str(bad)])
+    assert res.exit_code == 2 and res.output.startswith("error: ")
+
+
+def test_cells_order_levels_and_packaged_configs(tmp_path: Path, tiny_phantom: Path) -> None:
+    cfg = load_matrix_config(_write_config(
+        tmp_path / "c.yaml", tiny_phantom, folds=3, run_folds=[0, 2], seeds=[0, 1], counts=[2],
+        methods=[{"name": "a", "preset": "res_unet"},
+                 {"name": "b", "preset": "res_unet", "fractions": [0.25]}]))
+    cells = expand_cells(cfg)
+    # a: 3 levels (0.5, 1, n2) x 2 seeds x 2 folds; b: its own single level
+    assert len(cells) == 3 * 2 * 2 + 1 * 2 * 2
+    assert [c.index for c in cells] == list(range(len(cells)))
+    assert (cells[0].method, cells[0].level.label, cells[0].seed, cells[0].fold) == ("a", "0.5", 0, 0)
+    assert (cells[1].seed, cells[1].fold) == (0, 2)
+    assert {c.level.label for c in cells if c.method == "b"} == {"0.25"}
+    m = ExperimentMatrix(cfg, tmp_path / "out")
+    tc = m.requested_config(next(c for c in cells if c.level.label == "n2")).train
+    assert (tc.labeled_count, tc.folds, tc.iterations) == (2, 3, 2)
+    for name in ("phantom_six", "hippocampus"):
+        packaged = load_matrix_config(name, data=tiny_phantom)
+        assert packaged.methods and expand_cells(packaged)
+    six = load_matrix_config("phantom_six")
+    assert [m.name[:4] for m in six.methods] == ["exp1", "exp2", "exp3", "exp4", "exp5", "exp6"]
+    assert six.methods[5].synthesize and six.test == "dataset"
+
+
+def test_holdout_view_and_test_modes(
+    tmp_path: Path, tiny_phantom: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from advseg.data.dataset import load_dataset
+    from advseg.data.splits import seeded_order
+
+    view = make_holdout_view(tiny_phantom, tmp_path / "views", count=1, seed=3)
+    assert make_holdout_view(tiny_phantom, tmp_path / "views", count=1, seed=3) == view  # built once
+    index = load_dataset(view)
+    source = load_dataset(tiny_phantom)
+    held = seeded_order(sorted(c.name for c in source.training), 3)[:1]
+    assert [c.name for c in index.test] == held
+    rest = sorted(c.name for c in source.training if c.name not in held)
+    assert sorted(c.name for c in index.training) == rest
+    assert len(index.unlabeled) == len(source.unlabeled)
+    assert (view / "labelsTs" / f"{held[0]}.nii.gz").resolve() == source.case(held[0]).label.resolve()
+    with pytest.raises(InputError, match="leaves no training case"):
+        make_holdout_view(tiny_phantom, tmp_path / "views", count=4, seed=0)
+
+    monkeypatch.setenv("ADVSEG_CACHE", str(tmp_path / "cache"))
+    cfg = load_matrix_config(_write_config(tmp_path / "h.yaml", tiny_phantom, test="holdout",
+                                           holdout={"count": 1, "seed": 3}))
+    m = ExperimentMatrix(cfg, tmp_path / "out")
+    data = m.data_dir(progress=False)
+    assert data.parent == tmp_path / "cache" / "views"
+    tests = m.test_cases(m.requested_config(m.cells[0]), load_dataset(data))
+    assert [t.name for t in tests] == held
+    cfg = load_matrix_config(_write_config(tmp_path / "d.yaml", tiny_phantom, test="dataset"))
+    m = ExperimentMatrix(cfg, tmp_path / "out2")
+    tests = m.test_cases(m.requested_config(m.cells[0]), load_dataset(tiny_phantom))
+    assert sorted(t.name for t in tests) == sorted(c.name for c in source.test)
+
+
+def test_out_folder_of_something_else_is_refused(tmp_path: Path, tiny_phantom: Path) -> None:
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    cfg = load_matrix_config(_write_config(tmp_path / "c.yaml", tiny_phantom))
+    with pytest.raises(InputError, match="not an experiment matrix folder"):
+        ExperimentMatrix(cfg, out).run(progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+# ------------------------------------------------------------------------------- aggregation math
+
+
+def _fake_cell(
+    root: Path, method: str, level: str, fold: int, dsc: dict[str, float], hd: dict[str, float]
+) -> CellResult:
+    ev = root / f"{method}_{level}_{fold}" / "evaluation"
+    ev.mkdir(parents=True)
+    with (ev / "per_case.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["case", "label", "organ", "dsc", "hd95", "rvd"])
+        for case, v in dsc.items():
+            w.writerow([case, 1, "prostate", v, "" if math.isnan(hd[case]) else hd[case], -10 * v])
+    return CellResult(method, level, 0, fold, ev.parent, ev)
+
+
+def test_aggregation_math_on_known_numbers(tmp_path: Path) -> None:
+    base = {0: {"c1": 0.70, "c2": 0.80}, 1: {"c3": 0.60, "c4": 0.75, "c5": 0.65}}
+    meth = {0: {"c1": 0.78, "c2": 0.85}, 1: {"c3": 0.70, "c4": 0.74, "c5": 0.80}}
+    hd = {c: 5.0 for c in ("c1", "c2", "c3", "c4", "c5")}
+    hd_nan = {**hd, "c2": math.nan}
+    cells = [_fake_cell(tmp_path, "base", "1", f, base[f], hd) for f in (0, 1)]
+    cells += [_fake_cell(tmp_path, "meth", "1", f, meth[f], hd_nan) for f in (0, 1)]
+    coll = Collection("matrix", tmp_path, "toy", cells, 4, ["base@1", "meth@1"])
+    agg = aggregate(coll, metrics=("dsc", "hd95", "rvd"))
+    b = [v for f in (0, 1) for v in base[f].values()]
+    m = [v for f in (0, 1) for v in meth[f].values()]
+    s = agg.summary["base@1"]["prostate"]["dsc"]
+    assert s["n"] == 5
+    assert s["mean"] == pytest.approx(np.mean(b)) and s["std"] == pytest.approx(np.std(b, ddof=1))
+    assert agg.summary["meth@1"]["prostate"]["hd95"]["n"] == 4  # the undefined value left out
+    t = next(t for t in agg.tests if t["metric"] == "dsc")
+    assert (t["a"], t["b"], t["n"]) == ("base@1", "meth@1", 5)
+    assert t["p"] == pytest.approx(wilcoxon(b, m).pvalue)
+    md = summary_markdown(agg)
+    assert f"**{np.mean(m):.3f} ± {np.std(m, ddof=1):.3f}**" in md  # the better DSC in bold
+    assert f"| {np.mean(b):.3f} ± {np.std(b, ddof=1):.3f} |" in md
+    paths = write_aggregate(agg, tmp_path / "results")
+    rows = list(csv.DictReader(paths["summary.csv"].open()))
+    best = {(r["arm"], r["metric"]): r["best"] for r in rows}
+    assert best[("meth@1", "dsc")] == "1" and best[("base@1", "dsc")] == "0"
+    assert best[("meth@1", "rvd")] == "0"  # |RVD| = 10 DSC: the lower DSC has the smaller |RVD|
+    # demo-style side-by-side table marks the better method per organ and metric
+    table = comparison_table({"base": agg.summary["base@1"], "meth": agg.summary["meth@1"]}, ("dsc",))
+    assert table.count("**") == 2 and "meth" in table.splitlines()[0]
