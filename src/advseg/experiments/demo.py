@@ -10,6 +10,13 @@ Everything goes into one run folder::
     <method>/evaluation   per_case.csv, summary.md, summary.json
     summary.json          organ -> metric -> mean/std of the featured method
     comparison.md/.json   all methods side by side
+
+The demo trains for minutes, not the study's 40k iterations. In such a short schedule the adaptive
+class-weighted CE (weights up to ~5x for small organs) over-segments: measured on the phantom set,
+RVD +33 to +67 % and mean test DSC 0.77 after 500 iterations, against 0.82 with Dice + CE after 400.
+So the demo swaps the adaptive CE for Dice + CE (``SHORT_SCHEDULE_LOSS``) in every method that uses
+it; the adversarial and semi-supervised parts are unchanged. ``advseg train`` with the presets keeps
+the study's loss.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from advseg.errors import InputError
 BASELINE = "res_unet"
 METHOD = "res_unet_aux_adv_semi"
 DEMO_MARKER = "demo.json"
+SHORT_SCHEDULE_LOSS = "dice_ce"
 DEMO_PHANTOM = {"labeled": 12, "unlabeled": 24, "test": 6, "shape": (64, 128, 128)}
 
 
@@ -56,7 +64,10 @@ def run_method(
     from advseg.training.api import train_run
 
     cfg = load_preset(f"{name}+{size}")
-    extra = [f"train.seed={seed}", *(overrides or [])]
+    extra = [f"train.seed={seed}"]
+    if cfg.loss.name == "adaptive_ce" and size != "paper":
+        extra.append(f"loss.name={SHORT_SCHEDULE_LOSS}")
+    extra += overrides or []
     if iterations is not None:
         extra.append(f"train.iterations={iterations}")
     cfg = apply_overrides(cfg, extra)
