@@ -32,6 +32,10 @@ import sys
 import time
 from pathlib import Path
 
+# Idle OpenMP threads sleep instead of spinning: on a CPU shared with other processes, spinning
+# threads made each training iteration 10-20x slower (measured: 5.5 s instead of 0.5 s per step).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "msd-hippocampus"
 

@@ -342,3 +342,39 @@ def test_aggregation_math_on_known_numbers(tmp_path: Path) -> None:
     # demo-style side-by-side table marks the better method per organ and metric
     table = comparison_table({"base": agg.summary["base@1"], "meth": agg.summary["meth@1"]}, ("dsc",))
     assert table.count("**") == 2 and "meth" in table.splitlines()[0]
+
+
+@pytest.mark.slow
+def test_hippocampus_benchmark_cell_and_predict_evaluate_elsewhere(hippocampus: Path, tmp_path: Path) -> None:
+    """The real-data benchmark at 2 iterations (preprocesses all 330 volumes: about a minute), then
+    `advseg predict` / `advseg evaluate` of its run folder on another folder of hippocampus cases."""
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("hippo_bench", Path(__file__).parents[2] / "benchmarks"
+                                                  / "hippocampus.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    run = tmp_path / "run"
+    assert bench.main(["--fraction", "0.1", "--method", "res_unet", "--iterations", "2", "--data",
+                       str(hippocampus), "--out", str(run), "--threads", "1"]) == 0
+    record = json.loads((run / DONE_FILE).read_text())
+    assert len(record["test_cases"]) == 40 and set(record["summary"]) == {"Anterior", "Posterior"}
+    doc = json.loads((run / "benchmark.json").read_text())
+    assert doc["hardware"]["cpu_count"] and doc["wall_seconds_this_call"] > 0
+    info = json.loads((run / "dataset_info.json").read_text())
+    assert len(info["cases"]["labeled"]) == 14  # 10 % of the 144 training cases
+    trained = set(info["cases"]["labeled"]) | set(info["cases"]["val"])
+    assert not trained & {t["name"] for t in record["test_cases"]}  # the held-out cases never trained on
+    images, labels = tmp_path / "imgs", tmp_path / "lbls"
+    images.mkdir()
+    labels.mkdir()
+    for t in record["test_cases"][:2]:
+        shutil.copy(t["images"][0], images)
+        shutil.copy(t["label"], labels)
+    res = runner.invoke(app, ["predict", str(run), str(images), str(tmp_path / "pred")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "pred"), str(labels), "--dataset-json",
+                              str(hippocampus / "dataset.json")])
+    assert res.exit_code == 0, res.output
+    assert "Anterior" in res.output and "Posterior" in res.output

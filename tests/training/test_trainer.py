@@ -44,6 +44,7 @@ def test_supervised_run_writes_run_folder(tiny_phantom: Path, tmp_path: Path) ->
         "log.jsonl",
         "learning_curves.png",
         "figures/val_000004.png",
+        "splits.json",
     ):
         assert (out / name).exists(), name
     state = load_checkpoint(out / "checkpoint_last.pt")

@@ -175,8 +175,14 @@ def _run_folder_cell(run: Path) -> CellResult | None:
     level = level_label(train.get("labeled_fraction"), train.get("labeled_count"))
     evaluation = run / "evaluation"
     cell = CellResult(run.name, level, int(train.get("seed", 0)), int(train.get("fold", 0)), run, evaluation,
-                      predictions=run / "predictions" if (run / "predictions").is_dir() else None)
-    if cell.predictions is not None:
+                      predictions=run / "predictions" if (run / "predictions").is_dir() else None,
+                      confidence=run / "confidence" if (run / "confidence").is_dir() else None)
+    marker = run / "cell.json"  # a matrix cell (or benchmark) folder knows its method and test cases
+    if marker.is_file():
+        record = json.loads(marker.read_text())
+        cell.method = record.get("cell", {}).get("method", cell.method)
+        cell.cases = {t["name"]: t for t in record.get("test_cases", [])}
+    elif cell.predictions is not None:
         cell.cases = _cases_from_dataset(run, cell.predictions)
     return cell
 

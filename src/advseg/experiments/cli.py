@@ -10,13 +10,8 @@ from typing import Annotated
 
 import typer
 
+from advseg.cli.common import fail
 from advseg.errors import InputError
-
-
-def _fail(exc: InputError) -> None:
-    for line in exc.one_line().splitlines():
-        typer.echo(f"error: {line}", err=True)
-    raise typer.Exit(code=2)
 
 
 def experiment(
@@ -62,7 +57,7 @@ def experiment(
         matrix.write_manifest()
         agg, paths = aggregate_folder(matrix.out)
     except InputError as exc:
-        _fail(exc)
+        fail(exc)
     from advseg.experiments.aggregate import markdown_table, overview_table
 
     typer.echo(markdown_table(overview_table(agg, "dsc")))
@@ -80,5 +75,5 @@ def report(
     try:
         path = write_report(run_dir, out)
     except InputError as exc:
-        _fail(exc)
+        fail(exc)
     typer.echo(f"wrote {path}")

@@ -573,17 +573,9 @@ class ExperimentMatrix:
         key = _digest(params)
         target = self.shared / f"phantom_{key}"
         with self._lock():
-            if not (target / "dataset.json").exists():
-                tmp = self.shared / f".phantom_{key}.tmp"
-                shutil.rmtree(tmp, ignore_errors=True)
-                write_phantom_dataset(tmp, labeled=params["labeled"], unlabeled=params["unlabeled"],
+            if not (target / "dataset.json").exists():  # written whole, then renamed into place
+                write_phantom_dataset(target, labeled=params["labeled"], unlabeled=params["unlabeled"],
                                       test=params["test"], shape=tuple(params["shape"]), seed=params["seed"])
-                # A name of its own: splits are cached per dataset name, and another phantom set
-                # (the demo's) must not share them.
-                meta = json.loads((tmp / "dataset.json").read_text())
-                meta["name"] = f"{meta.get('name', 'phantom')}_{key}"
-                atomic_write_text(tmp / "dataset.json", json.dumps(meta, indent=1))
-                os.replace(tmp, target)
         return target
 
     def unlabeled_dirs(self, method: MethodSpec, data: Path, progress: bool = True) -> list[Path]:
@@ -621,9 +613,11 @@ class ExperimentMatrix:
         mode = self.config.test
         if mode == "cv":
             from advseg.data.splits import load_or_create_splits
+            from advseg.training.api import splits_path
 
             names = sorted(c.name for c in index.training)
-            splits = load_or_create_splits(_splits_path(cfg, index), names, cfg.train.folds, cfg.train.seed)
+            path = splits_path(_cache_root(cfg), index, cfg)  # the split file training uses
+            splits = load_or_create_splits(path, names, cfg.train.folds, cfg.train.seed)
             val = splits[cfg.train.fold]["val"]
             return [TestCase(n, index.case(n).images, index.case(n).label) for n in val]
         if mode in ("dataset", "holdout"):
@@ -916,11 +910,6 @@ def _ending(path: Path) -> str:
 
 def _stem(path: Path) -> str:
     return path.name[: -len(_ending(path))]
-
-
-def _splits_path(cfg: Config, index: Any) -> Path:
-    # Must match advseg.training.api.prepare_training, which writes this file for the same cells.
-    return _cache_root(cfg) / index.name / f"splits_{cfg.train.folds}fold_seed{cfg.train.seed}.json"
 
 
 def _cache_root(cfg: Config) -> Path:

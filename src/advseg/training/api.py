@@ -212,6 +212,7 @@ def train_run(
     try:
         cfg.save(out / "config.yaml")
         _write_json(out / "dataset_info.json", info)
+        _write_json(out / "splits.json", {"fold": cfg.train.fold, "folds": cfg.train.folds, **info["cases"]})
         trainer = trainer_class(cfg)(cfg, out, tdata, device=device)
         if resume and trainer.resume():
             print(f"resumed {out} at iteration {trainer.iteration}/{cfg.train.iterations}")
