@@ -23,7 +23,7 @@ output on it, reused for every step) and ``discriminator_step`` (one D update).
 
 from __future__ import annotations
 
-import warnings
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -48,6 +48,8 @@ from advseg.networks.discriminators import (
 )
 from advseg.training.checkpoint import to_plain
 from advseg.training.trainer import Trainer
+
+logger = logging.getLogger("advseg")
 
 
 def main_logits(out: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -156,7 +158,8 @@ class AdversarialTrainer(Trainer):
         logs.update(d_logs)
         warning = self.monitor.update(d_logs["loss_d"], d_logs["d_real"], d_logs["d_fake"])
         if warning:
-            warnings.warn(f"iteration {self.iteration + 1}: {warning}", stacklevel=2)
+            # One line on stderr (logging's last-resort handler), not a Python warning with source lines.
+            logger.warning("warning: iteration %d: %s", self.iteration + 1, warning)
         return logs
 
     def discriminator_step(self, batch: dict[str, torch.Tensor], fake: torch.Tensor) -> dict[str, float]:
