@@ -53,3 +53,35 @@ def tiny_run(tiny_phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     finally:
         mp.undo()
     return out
+
+
+class _Crash(Exception):
+    """Stands in for a kill: raised inside the training loop."""
+
+
+@pytest.fixture
+def run_interrupted(monkeypatch: pytest.MonkeyPatch):
+    """``run(cfg, data, out, crash_at)``: train into ``out``, crash when the loop reaches iteration
+    ``crash_at``, then resume from ``out`` to the end. Returns the iteration the resume started from."""
+    from advseg.training.api import train_run
+    from advseg.training.checkpoint import load_checkpoint
+    from advseg.training.variants import trainer_class
+
+    def run(cfg, data: Path, out: Path, crash_at: int) -> int:
+        cls = trainer_class(cfg)
+        original = cls.training_step
+
+        def crashing(self):
+            if self.iteration == crash_at:
+                raise _Crash()
+            return original(self)
+
+        monkeypatch.setattr(cls, "training_step", crashing)
+        with pytest.raises(_Crash):
+            train_run(cfg, data, out, progress=False)
+        monkeypatch.setattr(cls, "training_step", original)
+        resumed_from = load_checkpoint(out / "checkpoint_last.pt")["iteration"]
+        train_run(None, data, out, resume=True, progress=False)
+        return resumed_from
+
+    return run

@@ -66,32 +66,13 @@ def test_refuses_to_overwrite_a_run(tiny_phantom: Path, tmp_path: Path) -> None:
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
-class _Crash(Exception):
-    pass
-
-
 @pytest.mark.parametrize("preset", ["res_unet_aux", "res_unet_aux_adv_semi"])
-def test_resume_is_exact(
-    preset: str, tiny_phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_resume_is_exact(preset: str, tiny_phantom: Path, tmp_path: Path, run_interrupted) -> None:
     """A run killed after its iteration-2 checkpoint and resumed equals an uninterrupted run."""
     cfg = _cfg(preset, "train.iterations=4", "train.checkpoint_every=2", "train.val_every=0")
     train_run(cfg, tiny_phantom, tmp_path / "a", progress=False)
 
-    cls = trainer_class(cfg)
-    original = cls.training_step
-
-    def crashing(self):
-        if self.iteration == 3:
-            raise _Crash()
-        return original(self)
-
-    monkeypatch.setattr(cls, "training_step", crashing)
-    with pytest.raises(_Crash):
-        train_run(cfg, tiny_phantom, tmp_path / "b", progress=False)
-    monkeypatch.setattr(cls, "training_step", original)
-    assert load_checkpoint(tmp_path / "b" / "checkpoint_last.pt")["iteration"] == 2
-    train_run(None, tiny_phantom, tmp_path / "b", resume=True, progress=False)
+    assert run_interrupted(cfg, tiny_phantom, tmp_path / "b", crash_at=3) == 2
 
     wa, wb = _weights(tmp_path / "a" / "checkpoint_last.pt"), _weights(tmp_path / "b" / "checkpoint_last.pt")
     assert wa.keys() == wb.keys()

@@ -278,11 +278,7 @@ def _check_2d_prediction(run: Path, data: Path) -> None:
     assert pred.labels.array.max() < 6
 
 
-class _Crash(Exception):
-    pass
-
-
-def test_kohl_resume_is_exact(tiny_phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kohl_resume_is_exact(tiny_phantom: Path, tmp_path: Path, run_interrupted) -> None:
     """hybrid_adv: k = 3 D steps, each on a fresh labeled batch, per S step; and a run killed after its
     iteration-2 checkpoint and resumed equals an uninterrupted run (S, D, both optimizers, schedulers,
     sampler, log)."""
@@ -299,19 +295,7 @@ def test_kohl_resume_is_exact(tiny_phantom: Path, tmp_path: Path, monkeypatch: p
     # hybrid: L_S = L_mce / 2 - log D(x, S(x))
     assert all(r["loss_s"] == pytest.approx(0.5 * r["loss_vox"] + r["loss_adv"], rel=1e-5) for r in rows_a)
 
-    original = KohlTrainer.training_step
-
-    def crashing(self):
-        if self.iteration == 2:
-            raise _Crash()
-        return original(self)
-
-    monkeypatch.setattr(KohlTrainer, "training_step", crashing)
-    with pytest.raises(_Crash):
-        train_run(cfg, tiny_phantom, tmp_path / "b", progress=False)
-    monkeypatch.setattr(KohlTrainer, "training_step", original)
-    assert load_checkpoint(tmp_path / "b" / "checkpoint_last.pt")["iteration"] == 2
-    train_run(None, tiny_phantom, tmp_path / "b", resume=True, progress=False)
+    assert run_interrupted(cfg, tiny_phantom, tmp_path / "b", crash_at=2) == 2
 
     sb = load_checkpoint(tmp_path / "b" / "checkpoint_last.pt")
     assert sb["iteration"] == 3
