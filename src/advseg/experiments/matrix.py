@@ -96,8 +96,9 @@ _CHANNEL = re.compile(r"_(\d{4})$")
 # What train_run, prediction and evaluation put in a cell folder: a folder holding nothing else may
 # be cleared when its run never reached a checkpoint.
 _CELL_OUTPUTS = {
-    "config.yaml", "dataset_info.json", "log.jsonl", "learning_curves.png", "figures", "checkpoint_best.pt",
-    "checkpoint_last.pt", "predictions", "confidence", "test_labels", "evaluation", DONE_FILE,
+    "config.yaml", "dataset_info.json", "splits.json", "log.jsonl", "learning_curves.png", "figures",
+    "checkpoint_best.pt", "checkpoint_last.pt", "predictions", "confidence", "test_labels", "evaluation",
+    DONE_FILE,
 }
 
 
