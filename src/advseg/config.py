@@ -238,13 +238,14 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-def _load_yaml(path: Path) -> dict[str, Any]:
+def load_yaml_mapping(path: Path) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; one-line :class:`InputError` naming the file otherwise."""
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise InputError(path, f"invalid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
-        raise InputError(path, "a config file must be a mapping of sections")
+        raise InputError(path, "a config file must be a mapping of keys")
     return data
 
 
@@ -256,7 +257,7 @@ def _resolve(data: dict[str, Any], where: Path, seen: tuple[str, ...] = ()) -> C
     else:
         if base in seen:
             raise InputError(where, f"preset cycle through '{base}'")
-        cfg = _resolve(_load_yaml(_preset_path(base)), _preset_path(base), (*seen, base))
+        cfg = _resolve(load_yaml_mapping(_preset_path(base)), _preset_path(base), (*seen, base))
     return _merge(cfg, data, str(where))
 
 
@@ -275,10 +276,10 @@ def load_preset(name: str) -> Config:
     """
     first, *rest = name.split("+")
     path = _preset_path(first)
-    cfg = _resolve(_load_yaml(path), path, (first,))
+    cfg = _resolve(load_yaml_mapping(path), path, (first,))
     for extra in rest:
         extra_path = _preset_path(extra)
-        data = _load_yaml(extra_path)
+        data = load_yaml_mapping(extra_path)
         data.pop("base", None)
         cfg = _merge(cfg, data, str(extra_path))
     return dataclasses.replace(cfg, name=first)
@@ -289,7 +290,7 @@ def load_config(path: str | Path) -> Config:
     path = Path(path)
     if not path.exists():
         raise InputError(path, "config file not found")
-    return _resolve(_load_yaml(path), path)
+    return _resolve(load_yaml_mapping(path), path)
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from advseg.config import load_yaml_mapping
 from advseg.errors import InputError
 
 
@@ -213,12 +214,7 @@ def load_gan_config(path: str | Path) -> GANConfig:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "GAN config file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise InputError(path, f"invalid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise InputError(path, "a GAN config file must be a mapping")
+    data = load_yaml_mapping(path)
     base = gan_preset(str(data.pop("base", "small")))
     return merge_gan_config(base, data, str(path))
 
