@@ -1,6 +1,7 @@
 """Seconds per training iteration and peak memory: supervised vs adversarial vs semi-adversarial.
 
     python benchmarks/train_step.py [--size cpu] [--steps 10] [--threads 2] [--device cpu]
+        [--method NAME ...] [--set KEY=VALUE ...]
 
 The same S-net (``res_unet_aux`` at the chosen size preset) is trained by the three trainers of the
 pelvic study's ablation ladder on random 16-slice slabs of a small phantom set. Each trainer runs in a
@@ -20,7 +21,9 @@ import tempfile
 METHODS = ("res_unet_aux", "res_unet_aux_adv", "res_unet_aux_adv_semi")
 
 
-def _measure(method: str, size: str, steps: int, threads: int, device: str, data: str) -> dict:
+def _measure(
+    method: str, size: str, steps: int, threads: int, device: str, data: str, extra: list[str]
+) -> dict:
     import resource
     import time
 
@@ -41,6 +44,7 @@ def _measure(method: str, size: str, steps: int, threads: int, device: str, data
             f"train.iterations={steps + 2}",
             "train.val_every=0",
             "train.checkpoint_every=0",
+            *extra,
         ],
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,11 +81,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--method", action="append", help="method preset (repeatable; default: the ladder)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(_measure(args.child, args.size, args.steps, args.threads, args.device, args.data)))
+        print(json.dumps(_measure(args.child, args.size, args.steps, args.threads, args.device, args.data, args.set)))
         return
     from advseg.data.phantom import write_phantom_dataset
 
@@ -89,7 +95,7 @@ def main() -> None:
         data = f"{tmp}/data"
         write_phantom_dataset(data, labeled=4, unlabeled=2, test=0, seed=0)
         results = []
-        for method in METHODS:
+        for method in args.method or METHODS:
             cmd = [
                 sys.executable,
                 __file__,
@@ -105,6 +111,7 @@ def main() -> None:
                 args.device,
                 "--data",
                 data,
+                *[f"--set={kv}" for kv in args.set],
             ]
             res = subprocess.run(
                 cmd,
@@ -121,7 +128,7 @@ def main() -> None:
     r0 = results[0]
     print(
         f"training step, S = res_unet_aux+{args.size}, batch {r0['batch']} x patch {r0['patch']}, "
-        f"{args.threads} threads, {args.device}"
+        f"{args.threads} threads, {args.device}" + (f", {' '.join(args.set)}" if args.set else "")
     )
     for r in results:
         extra = f", CUDA peak {r['cuda_peak_MiB']:.0f} MiB" if "cuda_peak_MiB" in r else ""

@@ -13,10 +13,19 @@ from advseg.experiments.demo import run_demo
 TINY = {"labeled": 4, "unlabeled": 2, "test": 1, "shape": (32, 64, 64)}
 
 
+def test_demo_default_trains_the_supervised_s_net(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    summaries = run_demo(out, size="tiny", phantom=TINY, progress=False, iterations=2)
+    assert list(summaries) == ["res_unet_aux"]
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summaries["res_unet_aux"]))
+    assert len(list((out / "res_unet_aux" / "predictions").glob("*.nii.gz"))) == 1
+
+
 def test_demo_compares_baseline_and_method(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    summaries = run_demo(out, size="tiny", phantom=TINY, progress=False)
-    assert list(summaries) == ["res_unet", "res_unet_aux_adv_semi"]
+    methods = ["res_unet", "res_unet_aux_adv_semi"]
+    summaries = run_demo(out, method=methods, size="tiny", phantom=TINY, progress=False)
+    assert list(summaries) == methods
     summary = json.loads((out / "summary.json").read_text())
     assert summary == json.loads(json.dumps(summaries["res_unet_aux_adv_semi"]))
     assert set(summary) == {"prostate", "bladder", "rectum", "left_femur", "right_femur"}

@@ -159,7 +159,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/demo"),
     method: Annotated[
         list[str] | None,
-        typer.Option(help="Method preset(s), repeatable (default: res_unet vs res_unet_aux_adv_semi)."),
+        typer.Option(help="Method preset(s), repeatable (default: res_unet_aux, the supervised S-net)."),
     ] = None,
     synthetic: Annotated[int, typer.Option(help="Add N GAN-synthesized volumes to the unlabeled pool.")] = 0,
     iterations: Annotated[int | None, typer.Option(help="Override the CPU preset's iterations.")] = None,

@@ -5,7 +5,8 @@ Two recipes (``DataConfig.recipe``), both expressed as the same chain of inverti
 
 1. **crop** an integer box of the original array (nothing is interpolated);
 2. **flip** some axes (general recipe only: canonical orientation, see below);
-3. **resize** the box to a new grid (image: linear, label: nearest neighbour);
+3. **resize** the box to a new grid (image: antialiased linear; label: nearest neighbour, or the class
+   of largest coverage along axes that shrink, see :func:`_resize_label`);
 4. **normalise** intensities (CT: HU window -> [-1, 1]; MR: percentile clip + z-score);
 5. **pad** (pelvic recipe only: symmetric padding of the slice axis up to ``n_slices``).
 
@@ -23,10 +24,11 @@ RAS+); the box is resized to ``target_spacing`` (mm, ``(z, y, x)``; None keeps t
 Resizing uses the pixel-centre convention of ``torch.nn.functional.interpolate(align_corners=False)``
 for both directions: output voxel ``j`` of an axis resized from ``n`` to ``m`` voxels has its centre
 at input coordinate ``(j + 0.5) * n / m - 0.5``. Nearest neighbour takes input voxel
-``floor((j + 0.5) * n / m)``, computed in integers. With this convention, resizing a label map
-forward and back returns every voxel exactly wherever the forward step kept the information: always
-along axes that were upsampled or left alone, and for downsampling by an integer factor wherever the
-label is constant on the factor's blocks (a label finer than the preprocessed grid cannot come back).
+``floor((j + 0.5) * n / m)``, computed in integers. Axes that shrink are Gaussian-smoothed first
+(antialiasing). With this convention, resizing a label map forward and back returns every voxel
+exactly wherever the forward step kept the information: always along axes that were upsampled or
+left alone, and for downsampling wherever the label is constant around each output voxel (a label
+finer than the preprocessed grid cannot come back).
 Everything outside the crop box becomes background 0 when inverted.
 
 MONAI's ``Spacing``/``Orientation``/``CropForeground`` would do steps 1-3, but their inverses need
@@ -54,6 +56,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from scipy import ndimage as ndi
 import torch.nn.functional as F
 
 from advseg.config import DataConfig
@@ -66,7 +69,7 @@ BODY_MARGIN_MM = 5.0
 #: CT body threshold of the general recipe (HU): air and lung stay outside.
 BODY_THRESHOLD_HU = -500.0
 #: Bumped whenever the preprocessing code changes what it produces (invalidates the cache).
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2  # 2: antialiased image resize, coverage-based label downsampling
 
 _Array = TypeVar("_Array", np.ndarray, torch.Tensor)
 
@@ -131,15 +134,56 @@ def _resize_nearest(arr: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return arr[(..., *np.ix_(*idx))]
 
 
-def _resize_linear(arr: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """(Tri)linear resize of ``(C, Z, Y, X)`` float data to ``(C, *shape)`` (align_corners=False)."""
+def _antialias_sigmas(n_in: Sequence[int], n_out: Sequence[int]) -> list[float]:
+    """Gaussian sigma (in input voxels) per axis before downsampling by ``n_in / n_out``.
+
+    ``(factor - 1) / 2`` as in ``skimage.transform.resize(anti_aliasing=True)``; 0 along axes that are
+    kept or upsampled. Without it, ``align_corners=False`` linear interpolation samples a 3x
+    downsampling (the pelvic recipe's 384 -> 128) at single input voxels: aliased noise and edges.
+    """
+    return [max(0.0, (n / m - 1.0) / 2.0) for n, m in zip(n_in, n_out, strict=True)]
+
+
+def _resize_linear(arr: np.ndarray, shape: Sequence[int], antialias: bool = True) -> np.ndarray:
+    """(Tri)linear resize of ``(C, Z, Y, X)`` float data to ``(C, *shape)`` (align_corners=False).
+
+    Axes that shrink are first smoothed by a Gaussian (:func:`_antialias_sigmas`; symmetric, so voxel
+    centres do not move) unless ``antialias=False``.
+    """
     shape = tuple(int(s) for s in shape)
     if tuple(arr.shape[-3:]) == shape:
         return np.ascontiguousarray(arr, dtype=np.float32)
-    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None]
+    arr = np.asarray(arr, dtype=np.float32)
+    sigmas = _antialias_sigmas(arr.shape[-3:], shape)
+    if antialias and any(sigmas):
+        arr = ndi.gaussian_filter(arr, [0.0] * (arr.ndim - 3) + sigmas, mode="nearest", truncate=3.0)
+    t = torch.from_numpy(np.ascontiguousarray(arr))[None]
     with torch.no_grad():
         out = F.interpolate(t, size=shape, mode="trilinear", align_corners=False)
     return out[0].numpy()
+
+
+def _resize_label(lab: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Resize a ``(Z, Y, X)`` label map to ``shape``; the dtype is kept.
+
+    No axis shrinks: nearest neighbour (exact, and the inverse of :meth:`Preprocessor.invert_label`).
+    Some axis shrinks: each class's indicator goes through the image's own resize (antialiased
+    linear, same voxel centres) and every voxel takes the class of largest coverage, ties to the
+    higher label (as nnU-Net resamples segmentations). Nearest neighbour here would pick one input
+    voxel per output voxel, off-centre by half an input voxel for even factors: measured on the
+    phantom (128 -> 64 in-plane), that shift and the lost partial coverage alone capped a perfect
+    prediction at DSC 0.87-0.93 per organ once mapped back to 128, against 0.96-0.99 this way.
+    """
+    shape = tuple(int(s) for s in shape)
+    if all(m >= n for n, m in zip(lab.shape, shape, strict=True)):
+        return _resize_nearest(lab, shape)
+    best = np.full(shape, -1.0, dtype=np.float32)
+    out = np.zeros(shape, dtype=lab.dtype)
+    for c in np.unique(lab):  # ascending, so ">=" gives ties to the higher label
+        cover = _resize_linear((lab == c)[None].astype(np.float32), shape)[0]
+        take = cover >= best
+        out[take], best[take] = c, cover[take]
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,7 +280,7 @@ class Preprocessor:
             if lab_arr.size and (lab_arr.min() < 0 or lab_arr.max() > 255 or bad_float):
                 raise InputError(_source(label), "label values must be integers in 0..255")
             lab = np.flip(lab_arr[box], axis=tuple(a for a in range(3) if flip[a]))
-            lab = np.ascontiguousarray(_resize_nearest(lab, resized).astype(np.uint8))
+            lab = np.ascontiguousarray(_resize_label(lab, resized).astype(np.uint8))
 
         if any(b or a for b, a in pad):
             fill = -1.0 if self.modality == "CT" else img.reshape(img.shape[0], -1).min(axis=1)
