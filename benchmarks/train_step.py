@@ -87,7 +87,11 @@ def main() -> None:
     ap.add_argument("--data", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(_measure(args.child, args.size, args.steps, args.threads, args.device, args.data, args.set)))
+        print(
+            json.dumps(
+                _measure(args.child, args.size, args.steps, args.threads, args.device, args.data, args.set)
+            )
+        )
         return
     from advseg.data.phantom import write_phantom_dataset
 

@@ -289,8 +289,16 @@ def _write_dataset(root: Path, n_labeled=2, n_unlabeled=1, missing_labels=False)
             training.append(Case(name, [root / "imagesTr" / f"{name}_0000.nii.gz"], label_path))
         else:
             unlabeled.append(Case(name, [root / "imagesTr" / f"{name}_0000.nii.gz"]))
-    return DatasetIndex(root=root, name="Toy/1", layout="nnunet", labels={0: "bg", 1: "a", 2: "b"},
-                        modality="CT", channel_names=["CT"], training=training, unlabeled=unlabeled)
+    return DatasetIndex(
+        root=root,
+        name="Toy/1",
+        layout="nnunet",
+        labels={0: "bg", 1: "a", 2: "b"},
+        modality="CT",
+        channel_names=["CT"],
+        training=training,
+        unlabeled=unlabeled,
+    )
 
 
 _CFG = DataConfig(recipe="pelvic", crop_xy=8, resize_xy=8, n_slices=4)
@@ -308,22 +316,26 @@ def test_cache_reuses_cases_and_fingerprint_tracks_settings(tmp_path, monkeypatc
 
     calls = []
     original = Preprocessor.forward
-    monkeypatch.setattr(Preprocessor, "forward",
-                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    monkeypatch.setattr(
+        Preprocessor, "forward", lambda self, *a, **k: calls.append(1) or original(self, *a, **k)
+    )
     again = preprocess_dataset(index, _CFG, cache_root=tmp_path / "cache", progress=False)
     assert again.root == ds.root and calls == []
     assert {p.name: p.stat().st_mtime_ns for p in ds.root.iterdir()} == mtimes
     np.testing.assert_array_equal(again.load("case_1").label, ds.load("case_1").label)
 
     # patch size is not a preprocessing setting; the crop is
-    same = preprocess_dataset(index, replace(_CFG, patch_size=[2, 4, 4]), cache_root=tmp_path / "cache",
-                              progress=False)
+    same = preprocess_dataset(
+        index, replace(_CFG, patch_size=[2, 4, 4]), cache_root=tmp_path / "cache", progress=False
+    )
     assert same.root == ds.root and calls == []
-    other = preprocess_dataset(index, replace(_CFG, resize_xy=6), cache_root=tmp_path / "cache",
-                               progress=False)
+    other = preprocess_dataset(
+        index, replace(_CFG, resize_xy=6), cache_root=tmp_path / "cache", progress=False
+    )
     assert other.root != ds.root and len(calls) == 3 and other.load("case_0").image.shape == (1, 4, 6, 6)
-    window = preprocess_dataset(index, replace(_CFG, hu_window=[-500, 500]), cache_root=tmp_path / "cache",
-                                progress=False)
+    window = preprocess_dataset(
+        index, replace(_CFG, hu_window=[-500, 500]), cache_root=tmp_path / "cache", progress=False
+    )
     assert window.root not in (ds.root, other.root)
 
     # an input file that changes (size/mtime) moves the cache
@@ -350,22 +362,30 @@ def test_cases_not_in_with_labels_never_open_their_label_file(tmp_path, monkeypa
     read = []
     original = pp.read_volume
     monkeypatch.setattr(pp, "read_volume", lambda p: read.append(Path(p)) or original(p))
-    ds = preprocess_dataset(index, _CFG, cache_root=tmp_path / "cache", with_labels={"case_0"},
-                            progress=False)
+    ds = preprocess_dataset(
+        index, _CFG, cache_root=tmp_path / "cache", with_labels={"case_0"}, progress=False
+    )
     labels_read = {p.name for p in read if p.parent.name == "labelsTr"}
     assert labels_read == {"case_0.nii.gz"}
     assert ds.load("case_1").label is None and ds.load("case_0").label is not None
 
     # a later run that wants case_1's label redoes it with the label; case_0 is reused
     read.clear()
-    ds = preprocess_dataset(index, _CFG, cache_root=tmp_path / "cache", cases=["case_0", "case_1"],
-                            with_labels={"case_0", "case_1"}, progress=False)
+    ds = preprocess_dataset(
+        index,
+        _CFG,
+        cache_root=tmp_path / "cache",
+        cases=["case_0", "case_1"],
+        with_labels={"case_0", "case_1"},
+        progress=False,
+    )
     assert {p.name for p in read} == {"case_1_0000.nii.gz", "case_1.nii.gz"}
     assert ds.load("case_1").label is not None
 
     # and a run that treats case_1 as unlabeled does not get its (cached) label
-    ds = preprocess_dataset(index, _CFG, cache_root=tmp_path / "cache", cases=["case_1"], with_labels=set(),
-                            progress=False)
+    ds = preprocess_dataset(
+        index, _CFG, cache_root=tmp_path / "cache", cases=["case_1"], with_labels=set(), progress=False
+    )
     assert ds.load("case_1").label is None
 
 
@@ -374,8 +394,9 @@ def test_unlabeled_cases_work_when_label_files_do_not_exist(tmp_path):
     ds = preprocess_dataset(index, _CFG, cache_root=tmp_path / "cache", with_labels=set(), progress=False)
     assert ds.load("case_0").label is None
     with pytest.raises(InputError, match="file not found"):
-        preprocess_dataset(index, _CFG, cache_root=tmp_path / "cache2", with_labels={"case_1"},
-                           progress=False)
+        preprocess_dataset(
+            index, _CFG, cache_root=tmp_path / "cache2", with_labels={"case_1"}, progress=False
+        )
     assert not (tmp_path / "cache2").exists()  # nothing written before the input is validated
 
 

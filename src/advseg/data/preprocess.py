@@ -56,8 +56,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from scipy import ndimage as ndi
 import torch.nn.functional as F
+from scipy import ndimage as ndi
 
 from advseg.config import DataConfig
 from advseg.data.dataset import Case, DatasetIndex
@@ -111,8 +111,12 @@ def _zscore_stats(channel: np.ndarray, percentiles: Sequence[float]) -> dict[str
     lo, hi = np.percentile(values, [float(percentiles[0]), float(percentiles[1])])
     clipped = np.clip(values, lo, hi).astype(np.float64)
     std = float(clipped.std())
-    return {"lo": float(lo), "hi": float(hi), "mean": float(clipped.mean()),
-            "std": std if std > 1e-8 else 1.0}
+    return {
+        "lo": float(lo),
+        "hi": float(hi),
+        "mean": float(clipped.mean()),
+        "std": std if std > 1e-8 else 1.0,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,8 +289,12 @@ class Preprocessor:
         if any(b or a for b, a in pad):
             fill = -1.0 if self.modality == "CT" else img.reshape(img.shape[0], -1).min(axis=1)
             widths = [(0, 0), *[tuple(p) for p in pad]]
-            img = np.stack([np.pad(c, widths[1:], constant_values=np.float32(f))
-                            for c, f in zip(img, np.broadcast_to(fill, img.shape[:1]), strict=True)])
+            img = np.stack(
+                [
+                    np.pad(c, widths[1:], constant_values=np.float32(f))
+                    for c, f in zip(img, np.broadcast_to(fill, img.shape[:1]), strict=True)
+                ]
+            )
             if lab is not None:
                 lab = np.pad(lab, widths[1:], constant_values=0)
 
@@ -357,10 +365,12 @@ class Preprocessor:
             window = [float(w) for w in self.cfg.hu_window]
             return normalize_ct(img, window), {"kind": "ct_window", "window": window}
         stats = [_zscore_stats(c, self.cfg.percentiles) for c in img]
-        out = np.stack([
-            (np.clip(c, s["lo"], s["hi"]) - np.float32(s["mean"])) / np.float32(s["std"])
-            for c, s in zip(img, stats, strict=True)
-        ]).astype(np.float32)
+        out = np.stack(
+            [
+                (np.clip(c, s["lo"], s["hi"]) - np.float32(s["mean"])) / np.float32(s["std"])
+                for c, s in zip(img, stats, strict=True)
+            ]
+        ).astype(np.float32)
         return out, {"kind": "zscore", "channels": stats}
 
     # ---- inverse ---------------------------------------------------------------------------
@@ -369,8 +379,10 @@ class Preprocessor:
     def _unpad(arr: np.ndarray, info: dict[str, Any]) -> np.ndarray:
         expected = tuple(info["shape"])
         if tuple(arr.shape[-3:]) != expected:
-            raise ValueError(f"array of spatial shape {tuple(arr.shape[-3:])} does not match the "
-                             f"preprocessed shape {expected}")
+            raise ValueError(
+                f"array of spatial shape {tuple(arr.shape[-3:])} does not match the "
+                f"preprocessed shape {expected}"
+            )
         sl = tuple(slice(b, n - a) for (b, a), n in zip(info["pad"], expected, strict=True))
         return arr[(..., *sl)]
 
@@ -465,8 +477,11 @@ def _relevant_settings(cfg: DataConfig, modality: str) -> dict[str, Any]:
     if cfg.recipe == "pelvic":
         settings.update(crop_xy=cfg.crop_xy, resize_xy=cfg.resize_xy, n_slices=cfg.n_slices)
     else:
-        settings.update(target_spacing=cfg.target_spacing, body_margin_mm=BODY_MARGIN_MM,
-                        body_threshold_hu=BODY_THRESHOLD_HU)
+        settings.update(
+            target_spacing=cfg.target_spacing,
+            body_margin_mm=BODY_MARGIN_MM,
+            body_threshold_hu=BODY_THRESHOLD_HU,
+        )
     if modality == "CT":
         settings["hu_window"] = [float(w) for w in cfg.hu_window]
     else:
@@ -645,7 +660,8 @@ def _preprocess_case(pre: Preprocessor, case: Case, with_label: bool, root: Path
     out = pre.forward(images, label)
     arrays = {"image": out.image} if out.label is None else {"image": out.image, "label": out.label}
     _atomic_write(root / f"{case.name}.npz", lambda f: np.savez(f, **arrays))
-    info = dict(out.info, case=case.name, has_label=out.label is not None,
-                images=[str(p) for p in case.images])
+    info = dict(
+        out.info, case=case.name, has_label=out.label is not None, images=[str(p) for p in case.images]
+    )
     text = json.dumps(info)
     _atomic_write(root / f"{case.name}.json", lambda f: f.write(text.encode()))
