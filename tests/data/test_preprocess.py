@@ -100,7 +100,9 @@ def test_downsampled_label_stays_centred_on_the_image_grid():
     disk = ((yy - 30.0) ** 2 + (xx - 33.0) ** 2 < 13.5**2).astype(np.uint8)
     label = np.broadcast_to(disk, shape).copy()
     image = label.astype(np.float32) * 1000.0 - 500.0
-    pre = Preprocessor(DataConfig(recipe="pelvic", crop_xy=64, resize_xy=32, n_slices=4), "CT")
+    pre = Preprocessor(
+        DataConfig(recipe="pelvic", crop_xy=64, resize_xy=32, n_slices=4, hu_window=[-500, 500]), "CT"
+    )
     out = pre.forward(Volume(image), Volume(label))
     small = out.label[0] == 1
     # voxel j of the 32-grid is centred at 2j + 0.5 of the 64-grid
@@ -116,7 +118,9 @@ def test_image_downsampling_is_antialiased():
     """3x down (the study's 384 -> 128): a one-voxel checkerboard must average out, not alias."""
     z, y, x = np.indices((3, 48, 48))
     image = np.where((y + x) % 2 == 0, 1000.0, -1000.0).astype(np.float32)
-    pre = Preprocessor(DataConfig(recipe="pelvic", crop_xy=48, resize_xy=16, n_slices=3), "CT")
+    pre = Preprocessor(
+        DataConfig(recipe="pelvic", crop_xy=48, resize_xy=16, n_slices=3, hu_window=[-1000, 1000]), "CT"
+    )
     out = pre.forward(Volume(image))
     assert float(np.abs(out.image).max()) < 0.15  # point sampling would give +-1
 
@@ -238,7 +242,9 @@ def test_invert_image_gives_hu_back_and_air_outside():
     rng = np.random.default_rng(5)
     shape = (10, 30, 30)
     image = rng.uniform(-1000, 1000, shape).astype(np.float32)
-    pre = Preprocessor(DataConfig(recipe="pelvic", crop_xy=20, resize_xy=20, n_slices=8), "CT")
+    pre = Preprocessor(
+        DataConfig(recipe="pelvic", crop_xy=20, resize_xy=20, n_slices=8, hu_window=[-1000, 1000]), "CT"
+    )
     out = pre.forward(Volume(image))
     back = pre.invert_image(out.image[0], out.info)
     box = _box(out.info)
@@ -301,7 +307,7 @@ def _write_dataset(root: Path, n_labeled=2, n_unlabeled=1, missing_labels=False)
     )
 
 
-_CFG = DataConfig(recipe="pelvic", crop_xy=8, resize_xy=8, n_slices=4)
+_CFG = DataConfig(recipe="pelvic", crop_xy=8, resize_xy=8, n_slices=4, hu_window=[-1000, 1000])
 
 
 def test_cache_reuses_cases_and_fingerprint_tracks_settings(tmp_path, monkeypatch):

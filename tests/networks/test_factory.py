@@ -25,7 +25,7 @@ def test_res_unet_from_preset(preset: str, aux: bool) -> None:
 
 
 @pytest.mark.parametrize("preset,channels",
-                         [("res_unet+cpu", (16, 32, 64)), ("res_unet_aux+paper", (64, 128, 256))])
+                         [("res_unet+cpu", (8, 16, 32, 64)), ("res_unet_aux+paper", (64, 128, 256))])
 def test_size_presets(preset: str, channels: tuple) -> None:
     cfg = load_preset(preset)
     net = build_network(cfg.network)

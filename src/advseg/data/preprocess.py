@@ -37,7 +37,7 @@ resamples labels through a floating-point affine; the explicit index maps here a
 
 CT normalisation ``x -> 2 (clip(x, lo, hi) - lo) / (hi - lo) - 1`` has the inverse
 ``y -> (y + 1) (hi - lo) / 2 + lo`` (:func:`denormalize_ct`): values that were clipped come back as
-the window bound (``hu_window`` [-1000, 1000] turns bone above 1000 HU into 1000 HU).
+the window bound (the default ``hu_window`` [-250, 350] turns bone into 350 HU and air into -250 HU).
 MR: clip to the ``percentiles`` of the channel's nonzero voxels, then ``(x - mean) / std`` with the
 mean/std of the clipped nonzero voxels (stored in ``info`` per channel).
 """
