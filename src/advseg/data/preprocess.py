@@ -69,7 +69,7 @@ BODY_MARGIN_MM = 5.0
 #: CT body threshold of the general recipe (HU): air and lung stay outside.
 BODY_THRESHOLD_HU = -500.0
 #: Bumped whenever the preprocessing code changes what it produces (invalidates the cache).
-PREPROCESS_VERSION = 2  # 2: antialiased image resize, coverage-based label downsampling
+PREPROCESS_VERSION = 3  # 2: antialiased image resize, coverage-based labels; 3: even tie split
 
 _Array = TypeVar("_Array", np.ndarray, torch.Tensor)
 
@@ -172,8 +172,8 @@ def _resize_label(lab: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 
     No axis shrinks: nearest neighbour (exact, and the inverse of :meth:`Preprocessor.invert_label`).
     Some axis shrinks: each class's indicator goes through the image's own resize (antialiased
-    linear, same voxel centres) and every voxel takes the class of largest coverage, ties to the
-    higher label (as nnU-Net resamples segmentations). Nearest neighbour here would pick one input
+    linear, same voxel centres) and every voxel takes the class of largest coverage (as nnU-Net
+    resamples segmentations), exact ties split evenly by a fixed jitter. Nearest neighbour here would pick one input
     voxel per output voxel, off-centre by half an input voxel for even factors: measured on the
     phantom (128 -> 64 in-plane), that shift and the lost partial coverage alone capped a perfect
     prediction at DSC 0.87-0.93 per organ once mapped back to 128, against 0.96-0.99 this way.
@@ -183,9 +183,13 @@ def _resize_label(lab: np.ndarray, shape: Sequence[int]) -> np.ndarray:
         return _resize_nearest(lab, shape)
     best = np.full(shape, -1.0, dtype=np.float32)
     out = np.zeros(shape, dtype=lab.dtype)
-    for c in np.unique(lab):  # ascending, so ">=" gives ties to the higher label
+    for c in np.unique(lab):
         cover = _resize_linear((lab == c)[None].astype(np.float32), shape)[0]
-        take = cover >= best
+        # Exact ties are common (resizing 128 -> 96 puts every third voxel centre on an input voxel
+        # border); giving them all to one side shifted organ volumes by 1-6 % (measured on the
+        # phantom). A tiny fixed pseudo-random jitter per class splits them evenly and reproducibly.
+        cover += np.random.default_rng(int(c)).uniform(0.0, 1e-4, shape).astype(np.float32)
+        take = cover > best
         out[take], best[take] = c, cover[take]
     return out
 
