@@ -34,7 +34,7 @@ from advseg.errors import InputError
 DEFAULT_METHODS = ("res_unet_aux",)
 DEMO_MARKER = "demo.json"
 SHORT_SCHEDULE_LOSS = "dice_ce"
-DEMO_PHANTOM = {"labeled": 12, "unlabeled": 24, "test": 6, "shape": (64, 128, 128)}
+DEMO_PHANTOM = {"labeled": 24, "unlabeled": 12, "test": 6, "shape": (64, 128, 128)}
 
 
 def _prepare_out(out: Path) -> None:
