@@ -173,10 +173,11 @@ def _resize_label(lab: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     No axis shrinks: nearest neighbour (exact, and the inverse of :meth:`Preprocessor.invert_label`).
     Some axis shrinks: each class's indicator goes through the image's own resize (antialiased
     linear, same voxel centres) and every voxel takes the class of largest coverage (as nnU-Net
-    resamples segmentations), exact ties split evenly by a fixed jitter. Nearest neighbour here would pick one input
-    voxel per output voxel, off-centre by half an input voxel for even factors: measured on the
-    phantom (128 -> 64 in-plane), that shift and the lost partial coverage alone capped a perfect
-    prediction at DSC 0.87-0.93 per organ once mapped back to 128, against 0.96-0.99 this way.
+    resamples segmentations), exact ties split evenly by a fixed jitter. Nearest neighbour here
+    would pick one input voxel per output voxel, off-centre by half an input voxel for even
+    factors: measured on the phantom (128 -> 64 in-plane), that shift and the lost partial coverage
+    alone capped a perfect prediction at DSC 0.87-0.93 per organ once mapped back to 128, against
+    0.96-0.99 this way.
     """
     shape = tuple(int(s) for s in shape)
     if all(m >= n for n, m in zip(lab.shape, shape, strict=True)):
