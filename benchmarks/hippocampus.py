@@ -57,14 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from advseg.errors import InputError
     from advseg.evaluation.evaluate import format_summary
-    from advseg.experiments.matrix import (
-        Cell,
-        ExperimentMatrix,
-        Level,
-        MethodSpec,
-        atomic_write_text,
-        load_matrix_config,
-    )
+    from advseg.experiments.matrix import Cell, ExperimentMatrix, Level, MethodSpec, load_matrix_config
+    from advseg.io.atomic import atomic_write_text
 
     torch.set_num_threads(args.threads)
     try:

@@ -350,7 +350,7 @@ def test_cache_reuses_cases_and_fingerprint_tracks_settings(tmp_path, monkeypatc
     changed = preprocess_dataset(index, _CFG, cache_root=tmp_path / "cache", progress=False)
     assert changed.root != ds.root
     assert np.all(changed.load("case_0").image == 0.0)
-    assert not list(ds.root.glob("*.tmp"))  # atomic writes leave no temp files
+    assert not list(ds.root.glob(".*"))  # atomic writes leave no (hidden) temp files
 
 
 def test_cache_root_from_environment(tmp_path, monkeypatch):

@@ -96,7 +96,7 @@ def test_end_to_end(folders, caplog):
     assert f"{np.mean(dsc):.3f} ± {np.std(dsc, ddof=1):.3f}" in table[2]
     assert "(n=2)" in table[3] and "(n=2)" not in table[2]
     assert "extra_999" in md
-    assert not list(out.glob(".tmp-*"))
+    assert not list(out.glob(".*"))  # no temporary file of the atomic writer left behind
 
     text = format_summary(summary)
     assert "prostate" in text and "HD95 (mm)" in text and f"{np.mean(dsc):.3f}±" in text

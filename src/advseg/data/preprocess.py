@@ -48,7 +48,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -63,6 +62,7 @@ from advseg.config import DataConfig
 from advseg.data.dataset import Case, DatasetIndex
 from advseg.errors import InputError, InputErrors
 from advseg.io import Volume, read_volume
+from advseg.io.atomic import atomic_path, atomic_write_text
 
 #: Margin added around the body bounding box of the general recipe (mm).
 BODY_MARGIN_MM = 5.0
@@ -526,17 +526,6 @@ def default_cache_root(cfg: DataConfig) -> Path:
     return Path.home() / ".cache" / "advseg"
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 @dataclass
 class PreprocessedDataset:
     """Cached preprocessed cases of one dataset and setting.
@@ -627,7 +616,7 @@ def preprocess_dataset(
     settings_file = root / "settings.json"
     if not settings_file.exists():
         text = json.dumps({"settings": _relevant_settings(cfg, modality), "config": asdict(cfg)}, indent=1)
-        _atomic_write(settings_file, lambda f: f.write(text.encode()))
+        atomic_write_text(settings_file, text)
 
     todo = [n for n in names if not _cached(root, n, n in labeled)]
     if todo:
@@ -663,9 +652,10 @@ def _preprocess_case(pre: Preprocessor, case: Case, with_label: bool, root: Path
         label.meta.setdefault("path", str(case.label))
     out = pre.forward(images, label)
     arrays = {"image": out.image} if out.label is None else {"image": out.image, "label": out.label}
-    _atomic_write(root / f"{case.name}.npz", lambda f: np.savez(f, **arrays))
+    with atomic_path(root / f"{case.name}.npz", suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
     info = dict(
         out.info, case=case.name, has_label=out.label is not None, images=[str(p) for p in case.images]
     )
     text = json.dumps(info)
-    _atomic_write(root / f"{case.name}.json", lambda f: f.write(text.encode()))
+    atomic_write_text(root / f"{case.name}.json", text)

@@ -19,11 +19,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 from advseg.errors import InputError
+from advseg.io.atomic import atomic_write_text
 
 HOLDOUT_FRACTION = 0.2
 
@@ -89,15 +88,7 @@ def load_or_create_splits(path: Path | str, case_names: list[str], folds: int, s
     if path.exists():
         return _read_splits(path, names, folds)
     splits = make_kfold(names, folds, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(splits, fh, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_text(path, json.dumps(splits, indent=1))
     return splits
 
 

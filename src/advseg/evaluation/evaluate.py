@@ -29,9 +29,8 @@ import io
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ import numpy as np
 
 from advseg.errors import InputError, InputErrors
 from advseg.io import io_for, read_volume, strip_suffix
+from advseg.io.atomic import atomic_path
 from advseg.metrics.accumulate import METRIC_UNITS, METRICS, MetricAccumulator, compute_case_metrics
 
 log = logging.getLogger(__name__)
@@ -328,20 +328,12 @@ def _track(items: list[str], description: str, enabled: bool):
 
 
 def _write_atomic(files: dict[Path, str]) -> None:
-    """Write every file to a temporary name first, then rename them all into place."""
-    temps: dict[Path, str] = {}
-    try:
-        for path, text in files.items():
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-            temps[path] = tmp
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-                fh.write(text)
-        for path, tmp in temps.items():
-            os.replace(tmp, path)
-    finally:
-        for tmp in temps.values():
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    """Write every file to a temporary name first, then rename them all into place, in the given
+    order (none is renamed if any write fails)."""
+    with ExitStack() as stack:  # contexts exit last-in first-out: enter in reverse order
+        for path, text in reversed(list(files.items())):
+            tmp = stack.enter_context(atomic_path(path, suffix=path.suffix))
+            tmp.write_text(text, encoding="utf-8", newline="")
 
 
 def _json_safe(summary: Summary) -> Summary:

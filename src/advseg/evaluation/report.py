@@ -67,7 +67,7 @@ def write_report(path: str | Path, out: str | Path | None = None) -> Path:
 
     Raises :class:`InputError` if ``path`` is not a matrix folder, a run folder or a folder of runs.
     """
-    from advseg.experiments.matrix import atomic_write_text
+    from advseg.io.atomic import atomic_write_text
 
     collection = find_results(path)
     out = Path(out) if out is not None else collection.root / "report.html"

@@ -475,7 +475,7 @@ def _num(v: Any) -> str:
 def write_aggregate(agg: Aggregate, out_dir: str | Path) -> dict[str, Path]:
     """``summary.md``, ``summary.csv``, ``summary.json``, ``wilcoxon.csv``, ``per_case.csv`` in
     ``out_dir`` (each written atomically); returns their paths."""
-    from advseg.experiments.matrix import atomic_write_text
+    from advseg.io.atomic import atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

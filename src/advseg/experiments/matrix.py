@@ -81,10 +81,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from advseg.config import Config, apply_overrides, load_config, load_preset
+from advseg.config import Config, apply_overrides, load_config, load_preset, load_yaml_mapping
 from advseg.errors import InputError
+from advseg.io.atomic import atomic_write_text
 
 EXPERIMENT_DIR = Path(__file__).resolve().parents[1] / "configs" / "experiments"
 MATRIX_FILE = "matrix.json"
@@ -208,14 +208,7 @@ def load_matrix_config(config: str | Path, data: str | Path | None = None) -> Ma
     """Read and check an experiment YAML (``data`` replaces its ``data:``). Raises :class:`InputError`
     naming the file and the key for every problem; nothing is written."""
     path = resolve_config_path(config)
-    text = path.read_text()
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise InputError(path, f"invalid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise InputError(path, "an experiment config must be a mapping")
-    return parse_matrix_config(raw, path, data=data, text=text)
+    return parse_matrix_config(load_yaml_mapping(path), path, data=data, text=path.read_text())
 
 
 def parse_matrix_config(
@@ -921,18 +914,3 @@ def _cache_root(cfg: Config) -> Path:
 
 def _digest(obj: Any) -> str:
     return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=4).hexdigest()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; results are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

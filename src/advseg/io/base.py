@@ -9,8 +9,6 @@ exact and the affine is never recomputed.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from advseg.errors import InputError
+from advseg.io.atomic import atomic_path
 
 
 @dataclass
@@ -86,22 +85,8 @@ def write_volume(path: str | Path, volume: Volume, dtype: np.dtype | type | None
     """Write atomically: a partial file never takes the place of a good one."""
     path = Path(path)
     io = io_for(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=_full_suffix(path))
-    os.close(fd)
-    try:
-        io.write(Path(tmp), volume, None if dtype is None else np.dtype(dtype))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    with atomic_path(path, suffix=_full_suffix(path)) as tmp:  # the writer picks the format by name
+        io.write(tmp, volume, None if dtype is None else np.dtype(dtype))
 
 
 def _full_suffix(path: Path) -> str:

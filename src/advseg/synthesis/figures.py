@@ -6,11 +6,11 @@ physical aspect ratio of the voxels (``spacing`` ``(z, y, x)`` mm).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from advseg.io.atomic import atomic_path
 
 DISPLAY_WINDOW = (-400.0, 600.0)  # HU: body, organs and bone all visible
 
@@ -26,15 +26,8 @@ def _pyplot():
 
 def _save(fig, path: Path) -> None:
     """Atomic PNG write (temp + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".png") as tmp:  # matplotlib picks the format by the name
         fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_sample_grid(path: str | Path, fake: np.ndarray, real: np.ndarray,

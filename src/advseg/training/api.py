@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from advseg.data.sampling import PatchDataset
 from advseg.data.splits import labeled_subset, load_or_create_splits, unlabeled_complement
 from advseg.data.validate import validate_dataset
 from advseg.errors import InputError
+from advseg.io.atomic import atomic_write_text
 from advseg.training.trainer import BatchSource, TrainData, TrainingDiverged
 from advseg.transforms.augment import build_augmentation
 
@@ -227,6 +227,4 @@ def train_run(
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2))

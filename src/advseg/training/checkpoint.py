@@ -9,9 +9,7 @@ Python containers are stored, so the restricted unpickler of ``weights_only=True
 from __future__ import annotations
 
 import math
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import numpy as np
 import torch
 
 from advseg.errors import InputError
+from advseg.io.atomic import atomic_path
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -29,15 +28,8 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """
     path = Path(path)
     _check_finite(state)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

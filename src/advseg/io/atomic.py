@@ -1,0 +1,48 @@
+"""Atomic file writes: a partial file never takes the place of a good one.
+
+Every writer of advseg (volumes, checkpoints, caches, splits, tables, figures) goes through
+:func:`atomic_path`: the caller writes a temporary file in the target's folder, which is renamed onto
+the target (``os.replace``, atomic on POSIX) only when the ``with`` block finishes, and deleted if it
+raises.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write; rename it onto ``path`` on success.
+
+    ``suffix``: the temporary file's ending, for writers that choose the format by the name
+    (``".nii.gz"``, ``".png"``). The renamed file gets the permissions of a normal new file
+    (``0666`` minus the umask), not the ``0600`` that ``mkstemp`` creates.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically."""
+    with atomic_path(path, suffix=Path(path).suffix or ".tmp") as tmp:
+        tmp.write_text(text, encoding="utf-8", newline="")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
