@@ -148,18 +148,18 @@ def _antialias_sigmas(n_in: Sequence[int], n_out: Sequence[int]) -> list[float]:
     return [max(0.0, (n / m - 1.0) / 2.0) for n, m in zip(n_in, n_out, strict=True)]
 
 
-def _resize_linear(arr: np.ndarray, shape: Sequence[int], antialias: bool = True) -> np.ndarray:
+def _resize_linear(arr: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """(Tri)linear resize of ``(C, Z, Y, X)`` float data to ``(C, *shape)`` (align_corners=False).
 
     Axes that shrink are first smoothed by a Gaussian (:func:`_antialias_sigmas`; symmetric, so voxel
-    centres do not move) unless ``antialias=False``.
+    centres do not move).
     """
     shape = tuple(int(s) for s in shape)
     if tuple(arr.shape[-3:]) == shape:
         return np.ascontiguousarray(arr, dtype=np.float32)
     arr = np.asarray(arr, dtype=np.float32)
     sigmas = _antialias_sigmas(arr.shape[-3:], shape)
-    if antialias and any(sigmas):
+    if any(sigmas):
         arr = ndi.gaussian_filter(arr, [0.0] * (arr.ndim - 3) + sigmas, mode="nearest", truncate=3.0)
     t = torch.from_numpy(np.ascontiguousarray(arr))[None]
     with torch.no_grad():

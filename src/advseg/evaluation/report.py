@@ -140,10 +140,9 @@ def _figure_png(fig: Any, dpi: int = 80) -> bytes:
 
 
 def _read_log(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "log.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    from advseg.training.log import TrainingLog
+
+    return TrainingLog(run_dir / "log.jsonl").rows  # [] when the run has no log yet
 
 
 def _learning_curves(c: Collection) -> str:

@@ -88,25 +88,6 @@ def run_method(
     return summary
 
 
-def comparison_table(
-    summaries: dict[str, dict[str, Any]], metrics: tuple[str, ...] = ("dsc", "hd95", "ashd")
-) -> str:
-    """Markdown: one row per organ, ``metric (method)`` columns, mean ± std."""
-    methods = list(summaries)
-    organs = list(next(iter(summaries.values())))
-    head = ["organ"] + [f"{m.upper()} {meth}" for m in metrics for meth in methods]
-    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for organ in organs:
-        cells = [organ]
-        for m in metrics:
-            for meth in methods:
-                v = summaries[meth].get(organ, {}).get(m, {})
-                mean, std = v.get("mean"), v.get("std")
-                cells.append("n/a" if mean is None else f"{mean:.3f} ± {std or 0:.3f}")
-        rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows)
-
-
 def run_demo(
     out: str | Path = "runs/demo",
     method: str | list[str] | None = None,
@@ -119,6 +100,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo; returns ``{method: summary}``. See the module docstring for what is written."""
     from advseg.data.phantom import write_phantom_dataset
+    from advseg.experiments.aggregate import comparison_table
 
     methods = [method] if isinstance(method, str) else list(method or DEFAULT_METHODS)
     for m in methods:
