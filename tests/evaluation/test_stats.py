@@ -73,4 +73,5 @@ def test_best_rows_direction_ties_and_nan() -> None:
     assert best_rows("dsc", [0.9124, 0.9121, 0.8], decimals=3) == [True, True, False]
     assert best_rows("dsc", [0.9124, 0.9121, 0.8]) == [True, False, False]
     assert best_rows("ahd", [None, math.nan]) == [False, False]
+    assert best_rows("dsc", [0.8]) == [False] and best_rows("dsc", [0.8, None]) == [False, False]
     assert quality("ashd", 2.0) < quality("ashd", 1.0)

@@ -97,7 +97,8 @@ def paired_wilcoxon(a: Mapping[Hashable, float], b: Mapping[Hashable, float], me
 
 
 def best_rows(metric: str, means: Sequence[float | None], decimals: int | None = None) -> list[bool]:
-    """Which entries of one table column are the best (ties all marked; NaN/None never).
+    """Which entries of one table column are the best (ties all marked; NaN/None never; nothing
+    when fewer than two values can be compared, e.g. a one-method demo table).
 
     With ``decimals``, values are compared as shown (rounded), so two cells that read the same are
     both marked.
@@ -109,5 +110,7 @@ def best_rows(metric: str, means: Sequence[float | None], decimals: int | None =
             continue
         v = round(m, decimals) if decimals is not None else m
         scores.append(quality(metric, v))
-    top = max(scores, default=-math.inf)
+    if sum(s != -math.inf for s in scores) < 2:
+        return [False] * len(scores)
+    top = max(scores)
     return [s == top and s != -math.inf for s in scores]
