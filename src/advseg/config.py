@@ -154,6 +154,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision on CUDA
     bf16_cpu: bool = False  # bf16 autocast on CPU (measured faster on some CPUs)
+    # 3-D nets and batches in channels-last (NDHWC) layout: 1.4x faster CPU steps (networks.to_channels_last)
+    channels_last: bool = True
     num_workers: int = 0
     labeled_fraction: float = 1.0
     labeled_count: int | None = None

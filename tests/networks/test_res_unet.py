@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from advseg.errors import InputError
 from advseg.networks import MultiScalePool, ResidualBlock, ResUNet, count_parameters
 from advseg.networks.blocks import avg_pool3_stride2
+from advseg.networks.factory import channels_last_input, to_channels_last
 
 TINY = (4, 8, 16)
 
@@ -158,6 +159,17 @@ def test_channels_last_3d_gives_same_output() -> None:
     x = torch.randn(1, 1, 16, 32, 32)
     with torch.inference_mode():
         ref = net(x)
-        net = net.to(memory_format=torch.channels_last_3d)
-        y = net(x.to(memory_format=torch.channels_last_3d))
+        net = to_channels_last(net)
+        y = net(channels_last_input(x))
     torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_to_channels_last_converts_only_5d_tensors() -> None:
+    mixed = torch.nn.Sequential(torch.nn.Conv3d(2, 4, 3), torch.nn.Conv2d(4, 4, 3), torch.nn.BatchNorm3d(4))
+    to_channels_last(mixed)
+    w3, w2 = mixed[0].weight, mixed[1].weight
+    assert w3.is_contiguous(memory_format=torch.channels_last_3d) and not w3.is_contiguous()
+    assert w2.is_contiguous()  # 2-D weights keep their layout (Module.to(channels_last_3d) raises)
+    assert isinstance(w3, torch.nn.Parameter)  # same Parameter objects, so optimizers stay attached
+    labels = torch.zeros(1, 4, 4, 4, dtype=torch.long)
+    assert channels_last_input(labels) is labels

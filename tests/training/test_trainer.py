@@ -55,6 +55,26 @@ def test_supervised_run_writes_run_folder(tiny_phantom: Path, tmp_path: Path) ->
     assert 0.0 <= result["best_score"] <= 1.0
 
 
+def test_channels_last_training_matches_contiguous(tiny_phantom: Path, tmp_path: Path) -> None:
+    """The channels-last layout (train.channels_last) is a speed option: same losses, same weights."""
+    losses, weights = {}, {}
+    for flag in (True, False):
+        cfg, data, _ = prepare_training(
+            _cfg("res_unet_aux", f"train.channels_last={str(flag).lower()}"),
+            tiny_phantom,
+            tmp_path / f"r{flag}",
+            progress=False,
+        )
+        trainer = Trainer(cfg, tmp_path / f"r{flag}", data, device="cpu")
+        w = trainer.model.encoder[0][0].conv2.weight  # C_in > 1: the two layouts differ
+        assert (not w.is_contiguous()) == flag
+        losses[flag] = [trainer.training_step()["loss_vox"] for _ in range(3)]
+        weights[flag] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-4)
+    for k, v in weights[False].items():
+        torch.testing.assert_close(weights[True][k], v, rtol=1e-3, atol=1e-4)
+
+
 def test_refuses_to_overwrite_a_run(tiny_phantom: Path, tmp_path: Path) -> None:
     from advseg.errors import InputError
 

@@ -22,7 +22,7 @@ from advseg.errors import InputError
 from advseg.inference.postprocess import keep_largest_component
 from advseg.inference.sliding import flip_tta, predict_logits
 from advseg.io import Volume, read_volume, strip_suffix, write_volume
-from advseg.networks.factory import build_network
+from advseg.networks.factory import build_network, to_channels_last
 from advseg.training.checkpoint import load_checkpoint
 from advseg.training.trainer import resolve_device
 
@@ -53,9 +53,7 @@ class SegmentationModel:
         self.device = resolve_device(device)
         self.net = build_network(cfg.network).to(self.device).eval()
         self.net.load_state_dict(state["nets"]["S"])
-        if cfg.network.spatial_dims == 3:
-            # Measured ~2x faster 3D convolutions on CPU (oneDNN); outputs are identical.
-            self.net = self.net.to(memory_format=torch.channels_last_3d)
+        to_channels_last(self.net)  # measured ~2x faster 3D convolutions on CPU (oneDNN)
         self.discriminator = None
         if "D" in state["nets"]:
             from advseg.training.variants.registry import build_discriminator

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import torch
 from torch import nn
 
 from advseg.config import NetworkConfig
@@ -103,3 +104,25 @@ def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
 def has_deep_supervision(model: nn.Module) -> bool:
     """True when ``model`` returns a tuple of outputs (fused first) in training mode."""
     return bool(getattr(model, "deep_supervision", False))
+
+
+def to_channels_last(module: nn.Module) -> nn.Module:
+    """Store every 5-D parameter and buffer of ``module`` channels-last (``NDHWC``), in place.
+
+    oneDNN's 3D convolutions run much faster on channels-last tensors on CPU (measured on 2 cores,
+    ``benchmarks/train_step.py``: a whole training step of the cpu S-net 0.78 -> 0.57 s; one
+    8 -> 8-channel 16 x 96 x 96 convolution forward + backward 148 -> 48 ms); outputs are the same
+    up to float rounding. 2-D layers are left as they are, so a model that mixes 2-D and 3-D parts
+    (or a 2-D discriminator) is safe; ``nn.Module.to(memory_format=torch.channels_last_3d)`` would
+    fail on their 4-D weights.
+    """
+    return module._apply(
+        lambda t: t.contiguous(memory_format=torch.channels_last_3d) if t.dim() == 5 else t
+    )
+
+
+def channels_last_input(x: torch.Tensor) -> torch.Tensor:
+    """A ``(B, C, Z, Y, X)`` float tensor in channels-last layout (others returned unchanged)."""
+    if x.dim() == 5 and x.is_floating_point():
+        return x.contiguous(memory_format=torch.channels_last_3d)
+    return x

@@ -31,7 +31,7 @@ import torch
 from advseg.config import Config
 from advseg.inference.sliding import predict_logits
 from advseg.losses import build_loss
-from advseg.networks.factory import build_network
+from advseg.networks.factory import build_network, channels_last_input, to_channels_last
 from advseg.training.checkpoint import (
     capture_rng_state,
     load_checkpoint,
@@ -143,6 +143,9 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.build()
         self.build_extra()
+        if cfg.train.channels_last:
+            for net in self.nets.values():
+                to_channels_last(net)
 
     # ------------------------------------------------------------------ set-up hooks
     @property
@@ -193,10 +196,13 @@ class Trainer:
         return self._to_device(self.data.unlabeled.next())
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return {
+        out = {
             k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
             for k, v in batch.items()
         }
+        if self.cfg.train.channels_last and isinstance(out.get("image"), torch.Tensor):
+            out["image"] = channels_last_input(out["image"])
+        return out
 
     def step_optimizer(self, name: str, loss: torch.Tensor) -> None:
         """Backward ``loss`` and step optimizer ``name`` (scaled on CUDA fp16)."""
@@ -295,6 +301,8 @@ class Trainer:
         """Logits ``(1, K, Z, Y, X)`` for a preprocessed ``(C, Z, Y, X)`` volume, in eval mode."""
         self.model.eval()
         x = torch.from_numpy(np.ascontiguousarray(image))[None].to(self.device)
+        if self.cfg.train.channels_last:
+            x = channels_last_input(x)
         with self.autocast():
             return predict_logits(
                 self.model,
