@@ -62,6 +62,8 @@ class AugmentConfig:
     contrast_gamma: list[float] = field(default_factory=lambda: [0.7, 1.5])
     rotate_prob: float = 0.3
     rotate_deg: float = 10.0  # about the slice axis, uniform in [-deg, deg]
+    scale_prob: float = 0.0  # in-plane zoom (off in the study's recipe)
+    scale_range: list[float] = field(default_factory=lambda: [0.85, 1.15])  # factor, > 1 enlarges
     noise_prob: float = 0.2
     noise_std: float = 0.05  # Gaussian noise std, normalised intensity units
 

@@ -127,3 +127,40 @@ def test_intensity_transforms_leave_labels_alone():
     assert torch.equal(out["label"], data["label"])
     diff = out["image"] - data["image"]
     assert 0.05 < float(diff.std()) < 2.0
+
+
+def test_scaling_zooms_about_the_slice_centre():
+    cfg = AugmentConfig(translate_prob=0, flip_prob=0, contrast_prob=0, rotate_prob=0, noise_prob=0,
+                        scale_prob=1.0, scale_range=[1.2, 1.4])
+    aug = build_augmentation(cfg, 3, seed=4)
+    label = torch.zeros(1, 3, 40, 40, dtype=torch.uint8)
+    label[..., 14:26, 14:26] = 2  # a centred 12 x 12 square
+    out = aug({"image": label.float(), "label": label})
+    scale = aug.transforms[0].scale
+    assert 1.2 <= scale <= 1.4
+    area = int((out["label"][0, 0] == 2).sum())
+    assert area == pytest.approx(144 * scale**2, rel=0.15)  # > 1 enlarges
+    ys, xs = torch.nonzero(out["label"][0, 0] == 2, as_tuple=True)
+    assert float(ys.float().mean()) == pytest.approx(19.5, abs=0.6)  # the centre stays put
+    assert float(xs.float().mean()) == pytest.approx(19.5, abs=0.6)
+
+
+def test_scaling_off_keeps_the_random_stream():
+    """Turning scaling on must not change what an existing config draws while it is off."""
+    base = AugmentConfig(translate_prob=1.0, flip_prob=0, contrast_prob=0, rotate_prob=1.0, noise_prob=0)
+    a = build_augmentation(base, 3, seed=7)
+    a(_sample())
+    b = build_augmentation(AugmentConfig(**{**base.__dict__, "scale_range": [0.9, 1.1]}), 3, seed=7)
+    b(_sample())
+    assert (a.transforms[0].shift, a.transforms[0].angle) == (b.transforms[0].shift, b.transforms[0].angle)
+    assert b.transforms[0].scale == 1.0
+
+
+def test_bad_scale_range_is_refused():
+    from advseg.errors import InputError
+    from advseg.transforms import RandInPlaneAffined
+
+    with pytest.raises(ValueError, match="scale_range"):
+        RandInPlaneAffined(["image"], scale_prob=1.0, scale_range=(1.2, 0.8))
+    with pytest.raises(InputError, match="augment.scale_range"):  # a config error, one line, no traceback
+        build_augmentation(AugmentConfig(scale_prob=0.5, scale_range=[0.0, 1.1]))

@@ -7,9 +7,10 @@ In this order, each switched on with its probability from :class:`advseg.config.
   paired left/right classes in the label (e.g. left/right femur, ``[(4, 5)]``: after the flip the left
   femur lies where the right one was, so its label must say "right");
 * in-plane translation in Y and X by a whole number of voxels, uniform in
-  ``[-translate_max_voxels, translate_max_voxels]``, and in-plane rotation about the slice axis,
-  uniform in ``[-rotate_deg, rotate_deg]`` degrees - :class:`RandInPlaneAffined`, one resampling for
-  both (each with its own probability);
+  ``[-translate_max_voxels, translate_max_voxels]``, in-plane rotation about the slice axis,
+  uniform in ``[-rotate_deg, rotate_deg]`` degrees, and in-plane scaling by a factor uniform in
+  ``scale_range`` (> 1 enlarges the anatomy) - :class:`RandInPlaneAffined`, one resampling for all
+  three (each with its own probability);
 * gamma contrast, gamma uniform in ``contrast_gamma`` (MONAI ``RandAdjustContrastd``, on the min-max
   rescaled image);
 * additive Gaussian noise with standard deviation ``noise_std`` in normalised intensity units
@@ -49,6 +50,7 @@ from monai.transforms import (
 )
 
 from advseg.config import AugmentConfig
+from advseg.errors import InputError
 
 
 class RandFlipSwapd(RandFlipd):
@@ -91,18 +93,20 @@ class RandFlipSwapd(RandFlipd):
 
 
 class RandInPlaneAffined(RandomizableTransform, MapTransform):
-    """Random translation (whole voxels in Y and X) and rotation about the slice axis, one resampling.
+    """Random translation (whole voxels in Y and X), rotation about the slice axis and isotropic
+    in-plane scaling, one resampling.
 
     Works on ``(C, Z, Y, X)`` and ``(C, Y, X)`` tensors: all leading axes are treated as a batch of
     ``(Y, X)`` slices. Output voxel ``p`` (pixel units from the slice centre) takes its value from
-    ``R(angle) p + shift`` in the input (backward mapping); points outside the slice take the border
-    value (image) or 0 (``label_key``).
+    ``R(angle) p / scale + shift`` in the input (backward mapping); points outside the slice take the
+    border value (image) or 0 (``label_key``).
 
     Args:
         keys: keys to transform.
         translate_prob / translate_max_voxels: probability and range of the shift (per axis, uniform
             integer in ``[-max, max]``).
         rotate_prob / rotate_deg: probability and range of the angle (uniform in ``[-deg, deg]``).
+        scale_prob / scale_range: probability and range of the zoom factor (uniform in ``[lo, hi]``).
         label_key: the key resampled with nearest neighbour and zero padding.
     """
 
@@ -113,6 +117,8 @@ class RandInPlaneAffined(RandomizableTransform, MapTransform):
         translate_max_voxels: int = 0,
         rotate_prob: float = 0.0,
         rotate_deg: float = 0.0,
+        scale_prob: float = 0.0,
+        scale_range: Sequence[float] = (1.0, 1.0),
         label_key: str = "label",
         allow_missing_keys: bool = True,
     ) -> None:
@@ -120,9 +126,15 @@ class RandInPlaneAffined(RandomizableTransform, MapTransform):
         RandomizableTransform.__init__(self, prob=1.0)
         self.translate_prob, self.translate_max = float(translate_prob), int(translate_max_voxels)
         self.rotate_prob, self.rotate_deg = float(rotate_prob), float(rotate_deg)
+        self.scale_prob = float(scale_prob)
+        lo, hi = (float(v) for v in scale_range)
+        if not 0.0 < lo <= hi:
+            raise ValueError(f"scale_range must be 0 < lo <= hi, got {list(scale_range)}")
+        self.scale_range = (lo, hi)
         self.label_key = label_key
         self.shift = (0, 0)
         self.angle = 0.0
+        self.scale = 1.0
 
     def randomize(self, data: Any = None) -> None:
         # Always the same number of draws, so each call consumes the generator alike.
@@ -131,12 +143,16 @@ class RandInPlaneAffined(RandomizableTransform, MapTransform):
         angle = self.R.uniform(-self.rotate_deg, self.rotate_deg)
         self.shift = (int(shift[0]), int(shift[1])) if do_shift else (0, 0)
         self.angle = float(angle) if do_rotate else 0.0
-        self._do_transform = self.shift != (0, 0) or self.angle != 0.0
+        self.scale = 1.0
+        if self.scale_prob > 0:  # drawn only when on, so streams without scaling stay as they were
+            do_scale, scale = self.R.rand() < self.scale_prob, self.R.uniform(*self.scale_range)
+            self.scale = float(scale) if do_scale else 1.0
+        self._do_transform = self.shift != (0, 0) or self.angle != 0.0 or self.scale != 1.0
 
     def _theta(self, h: int, w: int) -> torch.Tensor:
         """``affine_grid`` matrix (normalised (x, y) coordinates, align_corners=False)."""
         a = math.radians(self.angle)
-        c, s = math.cos(a), math.sin(a)
+        c, s = math.cos(a) / self.scale, math.sin(a) / self.scale
         ty, tx = self.shift
         rows = [[c, -s * h / w, 2.0 * tx / w], [s * w / h, c, 2.0 * ty / h]]
         return torch.tensor([rows], dtype=torch.float32)
@@ -223,10 +239,14 @@ def build_augmentation(
                                         swap_pairs=swap_labels_on_flip))
     translate = cfg.translate_prob if cfg.translate_max_voxels > 0 else 0.0
     rotate = cfg.rotate_prob if cfg.rotate_deg > 0 else 0.0
-    if translate > 0 or rotate > 0:
+    if len(cfg.scale_range) != 2 or not 0 < cfg.scale_range[0] <= cfg.scale_range[1]:
+        raise InputError("augment.scale_range", f"must be [lo, hi] with 0 < lo <= hi, got {cfg.scale_range}")
+    scale = cfg.scale_prob if tuple(cfg.scale_range) != (1.0, 1.0) else 0.0
+    if translate > 0 or rotate > 0 or scale > 0:
         transforms.append(RandInPlaneAffined(keys, translate_prob=translate,
                                              translate_max_voxels=cfg.translate_max_voxels,
-                                             rotate_prob=rotate, rotate_deg=cfg.rotate_deg))
+                                             rotate_prob=rotate, rotate_deg=cfg.rotate_deg,
+                                             scale_prob=scale, scale_range=cfg.scale_range))
     if cfg.contrast_prob > 0:
         transforms.append(RandAdjustContrastd(["image"], prob=cfg.contrast_prob,
                                               gamma=tuple(float(g) for g in cfg.contrast_gamma)))
