@@ -118,7 +118,9 @@ def predict(
     tta: Annotated[bool | None, typer.Option(help="Flip test-time augmentation.")] = None,
     keep_largest: Annotated[bool | None, typer.Option(help="Keep the largest component per class.")] = None,
     checkpoint: Annotated[str, typer.Option(help="best | last")] = "best",
-    save_confidence: Annotated[bool, typer.Option(help="Also write D's confidence map per case.")] = False,
+    save_confidence: Annotated[
+        bool, typer.Option(help="Also write D's confidence map per case (into OUTPUT's confidence/ folder).")
+    ] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
 ) -> None:
     """Segment images with a trained model; labels come out in each input's original geometry."""

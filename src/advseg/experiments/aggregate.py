@@ -68,7 +68,6 @@ class CellResult:
     run_dir: Path
     evaluation: Path  # folder with per_case.csv
     predictions: Path | None = None
-    confidence: Path | None = None  # <case>.nii.gz maps, or None (see confidence_file)
     cases: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"images": [..], "label": ..}
 
     @property
@@ -76,13 +75,13 @@ class CellResult:
         return f"{self.method}@{self.level}"
 
     def confidence_file(self, case: str) -> Path | None:
-        """D's confidence map of ``case``: ``confidence/<case>.nii.gz`` (matrix cells) or
-        ``predictions/<case>_confidence.nii.gz`` (``advseg predict --save-confidence``)."""
-        for p in ((self.confidence / f"{case}.nii.gz") if self.confidence else None,
-                  (self.predictions / f"{case}_confidence.nii.gz") if self.predictions else None):
-            if p is not None and p.is_file():
-                return p
-        return None
+        """D's confidence map of ``case`` (``predictions/confidence/<case>.nii.gz``), if written."""
+        if self.predictions is None:
+            return None
+        from advseg.inference.api import confidence_path
+
+        path = confidence_path(self.predictions / f"{case}.nii.gz")
+        return path if path.is_file() else None
 
 
 @dataclass
@@ -136,7 +135,6 @@ def find_results(path: str | Path) -> Collection:
             cells.append(CellResult(
                 method=c["method"], level=c["level"]["label"], seed=c["seed"], fold=c["fold"], run_dir=folder,
                 evaluation=folder / "evaluation", predictions=folder / "predictions",
-                confidence=folder / "confidence",
                 cases={t["name"]: t for t in record.get("test_cases", [])},
             ))
         return Collection("matrix", root, manifest.get("name", root.name), cells, len(manifest["cells"]),
@@ -175,8 +173,7 @@ def _run_folder_cell(run: Path) -> CellResult | None:
     level = level_label(train.get("labeled_fraction"), train.get("labeled_count"))
     evaluation = run / "evaluation"
     cell = CellResult(run.name, level, int(train.get("seed", 0)), int(train.get("fold", 0)), run, evaluation,
-                      predictions=run / "predictions" if (run / "predictions").is_dir() else None,
-                      confidence=run / "confidence" if (run / "confidence").is_dir() else None)
+                      predictions=run / "predictions" if (run / "predictions").is_dir() else None)
     marker = run / "cell.json"  # a matrix cell (or benchmark) folder knows its method and test cases
     if marker.is_file():
         record = json.loads(marker.read_text())
@@ -201,8 +198,6 @@ def _cases_from_dataset(run: Path, predictions: Path) -> dict[str, dict[str, Any
     out = {}
     for p in sorted(predictions.glob("*.nii*")):
         name = strip_suffix(p)
-        if name.endswith("_confidence"):
-            continue
         try:
             case = index.case(name)
         except KeyError:

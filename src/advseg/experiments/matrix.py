@@ -51,7 +51,7 @@ An experiment config is a YAML file (examples in ``advseg/configs/experiments/``
     MATRIX/matrix.yaml                       copy of the experiment config
     MATRIX/shared/                           generated inputs: phantom data, synthesized pools
     MATRIX/cells/<method>/<level>/seed<S>_fold<K>/   an ordinary training run folder, plus
-        predictions/  confidence/  test_labels/ (links)  evaluation/ (per_case.csv, summary.*)
+        predictions/ (D's maps in predictions/confidence/)  test_labels/ (links)  evaluation/
         cell.json                            the done-marker, written last (atomically)
     MATRIX/results/                          aggregated tables (see advseg.experiments.aggregate)
 
@@ -93,11 +93,16 @@ TEST_MODES = ("cv", "dataset", "holdout")
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _NIFTI = (".nii.gz", ".nii")
 _CHANNEL = re.compile(r"_(\d{4})$")
+# Fields a `data: {phantom: {...}}` entry leaves out. Twice as many unlabeled as labeled cases: the
+# semi-supervised setting these experiments are about (the demo, a supervised run, uses its own mix).
+DEFAULT_PHANTOM: dict[str, Any] = {
+    "labeled": 12, "unlabeled": 24, "test": 6, "shape": [64, 128, 128], "seed": 0,
+}
 # What train_run, prediction and evaluation put in a cell folder: a folder holding nothing else may
 # be cleared when its run never reached a checkpoint.
 _CELL_OUTPUTS = {
     "config.yaml", "dataset_info.json", "splits.json", "log.jsonl", "learning_curves.png", "figures",
-    "checkpoint_best.pt", "checkpoint_last.pt", "predictions", "confidence", "test_labels", "evaluation",
+    "checkpoint_best.pt", "checkpoint_last.pt", "predictions", "test_labels", "evaluation",
     DONE_FILE,
 }
 
@@ -562,8 +567,7 @@ class ExperimentMatrix:
     def _phantom(self) -> Path:
         from advseg.data.phantom import write_phantom_dataset
 
-        params = {"labeled": 12, "unlabeled": 24, "test": 6, "shape": [64, 128, 128], "seed": 0,
-                  **(self.config.phantom or {})}
+        params = {**DEFAULT_PHANTOM, **(self.config.phantom or {})}
         key = _digest(params)
         target = self.shared / f"phantom_{key}"
         with self._lock():
@@ -792,24 +796,24 @@ def predict_and_evaluate(
     save_confidence: bool = True, nsd_tolerance_mm: float = 2.0, device: str = "auto",
 ) -> dict[str, Any]:
     """Segment ``tests`` with the run's model into ``run_dir/predictions`` (D's confidence into
-    ``run_dir/confidence`` if the run has a D and ``save_confidence``), link their labels into
+    ``predictions/confidence`` if the run has a D and ``save_confidence``), link their labels into
     ``run_dir/test_labels`` and evaluate into ``run_dir/evaluation``; returns the summary."""
     from advseg.evaluation.evaluate import evaluate_folders
-    from advseg.inference.api import load_model
-    from advseg.io import read_volume, write_volume
+    from advseg.inference.api import load_model, predict_cases
 
     model = load_model(run_dir, checkpoint=checkpoint, device=device)
-    with_conf = save_confidence and model.discriminator is not None
-    pred_dir, conf_dir, label_dir = run_dir / "predictions", run_dir / "confidence", run_dir / "test_labels"
-    for d in (pred_dir, label_dir, *((conf_dir,) if with_conf else ())):
+    pred_dir, label_dir = run_dir / "predictions", run_dir / "test_labels"
+    for d in (pred_dir, label_dir):
         shutil.rmtree(d, ignore_errors=True)  # a resumed cell redoes these whole
         d.mkdir(parents=True)
+    predict_cases(
+        model,
+        {case.name: case.images for case in tests},
+        {case.name: pred_dir / f"{case.name}.nii.gz" for case in tests},
+        save_confidence=save_confidence and model.discriminator is not None,
+        progress=False,
+    )
     for case in tests:
-        vols = [read_volume(p) for p in case.images]
-        pred = model.predict_volume(vols if len(vols) > 1 else vols[0], with_confidence=with_conf)
-        write_volume(pred_dir / f"{case.name}.nii.gz", pred.labels, dtype=np.uint8)
-        if pred.confidence is not None:
-            write_volume(conf_dir / f"{case.name}.nii.gz", pred.confidence, dtype=np.float32)
         _link(case.label, label_dir / f"{case.name}{_ending(case.label)}")
     return evaluate_folders(pred_dir, label_dir, run_dir / "evaluation", labels=labels,
                             nsd_tolerance_mm=nsd_tolerance_mm, progress=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -194,16 +195,38 @@ def predict_path(
             if not np.isfinite(vol.array).all():
                 raise InputError(f, "image contains NaN or Inf values")
     single_file = input.is_file() and output.name.endswith((".nii.gz", ".nii"))
+    targets = {name: output if single_file else output / f"{name}.nii.gz" for name in cases}
+    return predict_cases(model, cases, targets, save_confidence=save_confidence, progress=progress)
+
+
+def confidence_path(label_path: str | Path) -> Path:
+    """Where D's confidence map of a label file goes: ``confidence/<same name>`` beside it.
+
+    A subfolder, so that a predictions folder stays a folder of label maps only (``advseg evaluate``
+    reads every NIfTI file in it).
+    """
+    label_path = Path(label_path)
+    return label_path.parent / "confidence" / label_path.name
+
+
+def predict_cases(
+    model: SegmentationModel,
+    cases: Mapping[str, Sequence[Path]],
+    targets: Mapping[str, Path],
+    save_confidence: bool = False,
+    progress: bool = True,
+) -> list[Path]:
+    """Segment each case (``name -> its channel files``) into ``targets[name]`` (a uint8 label map in
+    the input's geometry) and, with ``save_confidence``, D's confidence map into
+    :func:`confidence_path` of it. Inputs must have been checked already. Returns the label files."""
     written = []
     for name, files in cases.items():
         vols = [read_volume(f) for f in files]
         pred = model.predict_volume(vols if len(vols) > 1 else vols[0], with_confidence=save_confidence)
-        target = output if single_file else output / f"{name}.nii.gz"
+        target = Path(targets[name])
         write_volume(target, pred.labels, dtype=np.uint8)
         if pred.confidence is not None:
-            write_volume(
-                target.parent / f"{strip_suffix(target)}_confidence.nii.gz", pred.confidence, np.float32
-            )
+            write_volume(confidence_path(target), pred.confidence, np.float32)
         written.append(target)
         if progress:
             print(f"{name}: {pred.seconds:.2f} s -> {target}")
