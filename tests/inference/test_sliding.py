@@ -35,6 +35,24 @@ def test_slabs_with_a_remainder_cover_every_slice() -> None:
     torch.testing.assert_close(out[:, :1], image)
 
 
+def test_slabs_mode_takes_whole_slices_when_the_net_is_fully_convolutional() -> None:
+    """Trained on 16 x 8 x 16 patches of 16 x 16 slices: a net with a size_divisor predicts whole
+    16 x 16 x 16 slabs in one batch; one without falls back to the (overlapping) sliding window."""
+    image = torch.randn(1, 1, 32, 16, 16)
+    fcn = Recorder()
+    fcn.size_divisor = 8
+    out = predict_logits(fcn, image, (16, 8, 16), mode="slabs")
+    assert fcn.batches == [(2, 1, 16, 16, 16)]
+    torch.testing.assert_close(out[:, :1], image)
+    odd = Recorder()
+    odd.size_divisor = 3  # 16 is not a multiple: whole slices would not fit the net
+    predict_logits(odd, image, (16, 8, 16), mode="slabs")
+    assert {b[2:] for b in odd.batches} == {(16, 8, 16)}
+    plain = Recorder()  # no size_divisor (e.g. an arbitrary MONAI net): keep the trained patch size
+    predict_logits(plain, image, (16, 8, 16), mode="slabs")
+    assert {b[2:] for b in plain.batches} == {(16, 8, 16)}
+
+
 def test_sliding_window_matches_identity_model() -> None:
     image = torch.randn(1, 1, 20, 24, 24)
     out = predict_logits(Recorder(), image, (16, 16, 16), mode="sliding_window", overlap=0.5)

@@ -68,14 +68,21 @@ def predict_logits(
 ) -> torch.Tensor:
     """Logits ``(1, K, Z, Y, X)`` for a preprocessed image ``(1, C, Z, Y, X)``.
 
-    ``mode="slabs"`` uses :func:`predict_slabs` when the patch covers whole slices, else falls back
-    to a sliding window; ``mode="sliding_window"`` is MONAI's Gaussian-weighted sliding window with
-    ``overlap``.
+    ``mode="slabs"`` uses :func:`predict_slabs` (whole slices, ``patch_size[0]`` of them per slab)
+    when the patch covers whole slices, or when the network is fully convolutional with a known
+    ``size_divisor`` that divides the slice size (e.g. an S-net trained on 16 x 64 x 128 patches of
+    128 x 128 slices predicts whole 16 x 128 x 128 slabs: no seams, and fewer voxels computed than
+    an overlapping window); otherwise it falls back to the sliding window. ``mode="sliding_window"``
+    is MONAI's Gaussian-weighted sliding window with ``overlap``.
     """
     if spatial_dims == 2:
         return predict_2d(model, image)
     pz, py, px = patch_size
-    if mode == "slabs" and image.shape[-2:] == (py, px):
+    divisor = getattr(model, "size_divisor", None)
+    whole_slices = image.shape[-2:] == (py, px) or (
+        divisor is not None and all(s % divisor == 0 for s in image.shape[-2:])
+    )
+    if mode == "slabs" and whole_slices:
         return predict_slabs(model, image, pz)
     if mode not in ("slabs", "sliding_window"):
         raise ValueError(f"unknown inference mode {mode!r}")
