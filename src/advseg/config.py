@@ -16,6 +16,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from advseg.errors import InputError
+from advseg.io.atomic import atomic_write_text
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -196,7 +197,7 @@ class Config:
         return asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 def _merge(obj: Any, updates: dict[str, Any], where: str) -> Any:

@@ -30,6 +30,7 @@ from typing import Any
 
 from advseg.config import apply_overrides, load_preset, preset_names
 from advseg.errors import InputError
+from advseg.io.atomic import atomic_write_text
 
 DEFAULT_METHODS = ("res_unet_aux",)
 DEMO_MARKER = "demo.json"
@@ -83,7 +84,7 @@ def run_method(
         dataset_json=data / "dataset.json",
         progress=False,
     )
-    (run / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(run / "summary.json", json.dumps(summary, indent=2))
     print(f"{name}: trained in {t_train:.0f} s, total {time.perf_counter() - t0:.0f} s")
     return summary
 
@@ -112,7 +113,8 @@ def run_demo(
     ph = {**DEMO_PHANTOM, **(phantom or {})}
     data = out / "data"
     write_phantom_dataset(data, seed=seed, **ph)
-    (out / DEMO_MARKER).write_text(
+    atomic_write_text(
+        out / DEMO_MARKER,
         json.dumps({"methods": methods, "seed": seed, "phantom": ph}, default=list)
     )
     print(
@@ -126,10 +128,10 @@ def run_demo(
         unlabeled = [synthesize_unlabeled(data, out / "synthetic", n=synthetic, seed=seed)]
     summaries = {m: run_method(m, data, out, iterations, seed, unlabeled, progress, size) for m in methods}
     featured = methods[-1]
-    (out / "summary.json").write_text(json.dumps(summaries[featured], indent=2))
-    (out / "comparison.json").write_text(json.dumps(summaries, indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(summaries[featured], indent=2))
+    atomic_write_text(out / "comparison.json", json.dumps(summaries, indent=2))
     table = comparison_table(summaries)
-    (out / "comparison.md").write_text(table + "\n")
+    atomic_write_text(out / "comparison.md", table + "\n")
     print()
     print(table)
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; results in {out}")

@@ -22,6 +22,7 @@ import yaml
 
 from advseg.config import load_yaml_mapping
 from advseg.errors import InputError
+from advseg.io.atomic import atomic_write_text
 
 
 @dataclass
@@ -112,7 +113,7 @@ class GANConfig:
         return asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -29,6 +29,7 @@ from scipy.stats import wasserstein_distance
 
 from advseg.errors import InputError
 from advseg.io import Volume, read_volume
+from advseg.io.atomic import atomic_write_text
 from advseg.synthesis.data import find_training_images, load_training_set, to_hu
 from advseg.synthesis.figures import save_histograms, save_slices_figure
 from advseg.synthesis.sample import SAMPLE_PREFIX, load_generator, sample_gan
@@ -192,6 +193,6 @@ def synthesis_report(gan_dir: str | Path, model_dir: str | Path, data: str | Pat
         "samples": [str(p) for p in sample_files], "organs": organ_rows, "wasserstein_hu": w_all,
         "figure": str(figure), "histogram_figure": str(hist),
     }
-    (out / "report.json").write_text(json.dumps(result, indent=2))
-    (out / "report.md").write_text(_markdown(result))
+    atomic_write_text(out / "report.json", json.dumps(result, indent=2))
+    atomic_write_text(out / "report.md", _markdown(result))
     return result

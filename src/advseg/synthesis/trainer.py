@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from advseg.errors import InputError
+from advseg.io.atomic import atomic_write_text
 from advseg.synthesis.config import GANConfig, gan_config_from_dict, gan_preset
 from advseg.synthesis.data import (
     TrainingSet,
@@ -320,7 +321,7 @@ def train_gan(data: str | Path, out: str | Path, cfg: GANConfig | None = None, r
             stage, it = stage + 1, 0
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "gan_config.yaml")
-    (out / "geometry.json").write_text(json.dumps(tset.geometry, indent=2))
+    atomic_write_text(out / "geometry.json", json.dumps(tset.geometry, indent=2))
 
     n_stages, ips = len(cfg.stages), cfg.iterations_per_stage
     log_rows: list[dict[str, Any]] = []

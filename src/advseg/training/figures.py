@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from advseg.io.atomic import atomic_path
+
 
 def save_validation_figure(
     path: str | Path,
@@ -58,5 +60,6 @@ def save_validation_figure(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    with atomic_path(path, suffix=".png") as tmp:  # matplotlib picks the format by the name
+        fig.savefig(tmp, dpi=80)
     plt.close(fig)

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from advseg.io.atomic import atomic_path, atomic_write_text
+
 
 class TrainingLog:
     """Append-only log that can be rewound to an iteration on resume (so it matches the checkpoint)."""
@@ -20,7 +22,7 @@ class TrainingLog:
     def truncate(self, iteration: int) -> None:
         """Drop rows written after ``iteration`` (they belong to work lost in a crash)."""
         self.rows = [r for r in self.rows if r.get("iteration", 0) <= iteration]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
 
     def append(self, row: dict[str, Any]) -> None:
         row = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
@@ -54,5 +56,6 @@ class TrainingLog:
         if dkeys:
             axes[1].legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        with atomic_path(path, suffix=".png") as tmp:  # matplotlib picks the format by the name
+            fig.savefig(tmp, dpi=100)
         plt.close(fig)
