@@ -110,8 +110,9 @@ def to_channels_last(module: nn.Module) -> nn.Module:
     """Store every 5-D parameter and buffer of ``module`` channels-last (``NDHWC``), in place.
 
     oneDNN's 3D convolutions run much faster on channels-last tensors on CPU (measured on 2 cores,
-    ``benchmarks/train_step.py``: a whole training step of the cpu S-net 0.78 -> 0.57 s; one
-    8 -> 8-channel 16 x 96 x 96 convolution forward + backward 148 -> 48 ms); outputs are the same
+    ``benchmarks/train_step.py --method res_unet_aux [--set train.channels_last=false]``: a training
+    step of the then 96 x 96 cpu S-net 0.89 -> 0.62 s; one 8 -> 8-channel 16 x 96 x 96 convolution
+    forward + backward 148 -> 48 ms); outputs are the same
     up to float rounding. 2-D layers are left as they are, so a model that mixes 2-D and 3-D parts
     (or a 2-D discriminator) is safe; ``nn.Module.to(memory_format=torch.channels_last_3d)`` would
     fail on their 4-D weights.
