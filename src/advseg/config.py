@@ -183,6 +183,11 @@ class TrainConfig:
     folds: int = 5
     fold: int = 0
     val_cases: int | None = None  # cap the validation set size (speed)
+    # Stop when the validation mean DSC has not improved by more than early_stop_min_delta for this
+    # many validations in a row (None: train all iterations). Decided from the checkpointed best
+    # iteration, so a resumed run stops where the uninterrupted one would.
+    early_stop_patience: int | None = None
+    early_stop_min_delta: float = 0.0
     slices_2d: bool = False  # train a 2D network on axial slices of the 3D volumes
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -147,3 +148,27 @@ def test_pretraining_serves_no_unlabeled_data(tiny_phantom: Path, tmp_path: Path
         served.append(data.unlabeled.served)
     assert served[:3] == [0, 0, 0]
     assert served[3:] == [1, 2, 3]  # batch size 1, one unlabeled batch per iteration after pre-training
+
+
+def test_early_stopping_on_a_validation_plateau(
+    tiny_phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Validation DSC 0.1, 0.5, 0.45, 0.5, 0.4, ...: with patience 3 the run stops 3 validations after
+    the best (iteration 2), not at 20; resuming the stopped run trains nothing more."""
+    import advseg.training.trainer as trainer_mod
+
+    scores = iter([0.1, 0.5, 0.45, 0.5, 0.4] + [0.3] * 30)
+
+    def fake_dice(pred, truth, num_classes):
+        return np.array([np.nan] + [next(scores)] * (num_classes - 1))
+
+    monkeypatch.setattr(trainer_mod, "dice_per_class", fake_dice)
+    cfg = _cfg("res_unet", "train.iterations=20", "train.val_every=1", "train.checkpoint_every=0",
+               "train.early_stop_patience=3", "train.val_cases=1")
+    result = train_run(cfg, tiny_phantom, tmp_path / "run", progress=False)
+    assert result["best_iteration"] == 2 and result["iterations"] == 5
+    rows = [json.loads(r) for r in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert rows[-1] == {"kind": "stop", "iteration": 5, "best_iteration": 2, "reason": "plateau"}
+    assert load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")["iteration"] == 5
+    again = train_run(None, tiny_phantom, tmp_path / "run", resume=True, progress=False)
+    assert again["iterations"] == 5

@@ -268,7 +268,7 @@ class Trainer:
         bar = _Progress(total, self.iteration, enabled=progress)
         t0 = time.perf_counter()
         try:
-            while self.iteration < total:
+            while self.iteration < total and not self.plateaued():
                 logs = self.training_step()
                 self.scaler.update()
                 for s in self.scheds.values():
@@ -285,7 +285,11 @@ class Trainer:
                 last = self.iteration == total
                 if tc.val_every and (self.iteration % tc.val_every == 0 or last):
                     self.validate()
-                if last or (tc.checkpoint_every and self.iteration % tc.checkpoint_every == 0):
+                stop = self.plateaued()
+                if stop:
+                    self.log.append({"kind": "stop", "iteration": self.iteration,
+                                     "best_iteration": self.best_iteration, "reason": "plateau"})
+                if last or stop or (tc.checkpoint_every and self.iteration % tc.checkpoint_every == 0):
                     self.save("last")
         finally:
             bar.close()
@@ -293,8 +297,17 @@ class Trainer:
         return {
             "best_score": self.best_score,
             "best_iteration": self.best_iteration,
+            "iterations": self.iteration,
             "seconds": time.perf_counter() - t0,
         }
+
+    def plateaued(self) -> bool:
+        """Whether early stopping ends the run now: ``train.early_stop_patience`` validations since the
+        best one (``validate`` counts only gains above ``early_stop_min_delta`` as improvements)."""
+        tc = self.cfg.train
+        if not tc.early_stop_patience or not tc.val_every or self.best_iteration < 0:
+            return False
+        return self.iteration - self.best_iteration >= tc.early_stop_patience * tc.val_every
 
     @torch.inference_mode()
     def predict_volume(self, image: np.ndarray) -> torch.Tensor:
@@ -330,7 +343,7 @@ class Trainer:
         scores = {f"dsc_{self.data.labels.get(c, c)}": float(dsc[c]) for c in range(1, self.data.num_classes)}
         scores["dsc_mean"] = float(np.nanmean(dsc[1:]))
         self.log.append({"kind": "val", "iteration": self.iteration, **scores})
-        if scores["dsc_mean"] > self.best_score:
+        if scores["dsc_mean"] > self.best_score + self.cfg.train.early_stop_min_delta:
             self.best_score, self.best_iteration = scores["dsc_mean"], self.iteration
             self.save("best")
         self.on_validation(scores)
