@@ -25,9 +25,10 @@ into the validation record of ``log.jsonl`` (pooled over the validation cases; N
     figure: accuracy per bin).
 
 The pool entries (``pool_*``) come from the first :data:`POOL_CASES` volumes of the unlabeled pool:
-histograms (20 bins of [0, 1]) of D's and of S's confidence over the prediction's region (its
-foreground dilated by 3 voxels; there is no truth), and the share of all / of the region's voxels
-passing the threshold in use with the run's mask source (what ``semi_fraction`` logs per batch).
+histograms (20 bins of [0, 1]) of D's and of S's confidence over all voxels (``pool_{d,softmax}_hist``:
+what the mask of L_semi sees) and over the prediction's region (``..._hist_roi``: its foreground dilated
+by 3 voxels; there is no truth), and the share of all / of the region's voxels passing the threshold
+in use with the run's mask source (``pool_pass_fraction``: what ``semi_fraction`` logs per batch).
 """
 
 from __future__ import annotations
@@ -162,13 +163,14 @@ def pool_summary(
     if not preds:
         return {}
     rois = [roi_mask(p, p, dilation_voxels) for p in preds]
-    sm_roi = np.concatenate([s[r] for s, r in zip(softmaxes, rois, strict=True)])
-    out: dict[str, Any] = {"pool_cases": len(preds),
-                           "pool_softmax_hist": confidence_histogram(sm_roi, HISTOGRAM_BINS)}
-    if d_confs is not None:
-        out["pool_d_hist"] = confidence_histogram(
-            np.concatenate([d[r] for d, r in zip(d_confs, rois, strict=True)]), HISTOGRAM_BINS
-        )
+    out: dict[str, Any] = {"pool_cases": len(preds)}
+    for src, confs in (("softmax", softmaxes), ("d", d_confs)):
+        if confs is None:
+            continue
+        every = np.concatenate([c.ravel() for c in confs])
+        out[f"pool_{src}_hist"] = confidence_histogram(every, HISTOGRAM_BINS)
+        in_roi = np.concatenate([c[r] for c, r in zip(confs, rois, strict=True)])
+        out[f"pool_{src}_hist_roi"] = confidence_histogram(in_roi, HISTOGRAM_BINS)
     mask_conf = d_confs if source == "d" else softmaxes
     if mask_conf is not None:
         every = np.concatenate([c.ravel() for c in mask_conf])

@@ -9,7 +9,6 @@ from typing import Any
 
 from advseg.io.atomic import atomic_path, atomic_write_text
 
-
 #: validation-record keys drawn in the diagnostics panel: (legend, line style)
 DIAGNOSTIC_CURVES = {
     "d_auc_real_fake": ("AUC D real vs fake (S wrong)", "-"),
