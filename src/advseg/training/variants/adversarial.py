@@ -283,5 +283,7 @@ class AdversarialTrainer(Trainer):
             self.coin.bit_generator.state = state["coin"]
         if "monitor" in state:
             self.monitor.load_state_dict(state["monitor"])
-        if "t_semi" in state:  # checkpoints before the auto threshold hold none: the config's value
+        # A calibrated threshold resumes where it was; a fixed one is the config's (older checkpoints
+        # hold none: then an auto threshold restarts from its initial value until the next validation).
+        if "t_semi" in state and self.cfg.adversarial.t_semi == "auto":
             self.t_semi = float(state["t_semi"])
