@@ -126,7 +126,16 @@ class AdversarialConfig:
     lambda_adv_unlabeled: float = 0.001
     semi: bool = False
     lambda_semi: float = 0.1
-    t_semi: float = 0.2  # confidence threshold of L_semi (ASDNet's gamma)
+    # Confidence threshold of L_semi (ASDNet's gamma): a number in [0, 1], or "auto": recalibrated at
+    # every validation as the lowest threshold at which the validation cases' passing voxels reach
+    # t_semi_target_accuracy (advseg.training.variants.adversarial); t_semi_target_accuracy until then.
+    t_semi: float | str = 0.2
+    t_semi_target_accuracy: float = 0.97
+    # Which confidence selects L_semi's voxels: d (sigmoid of D's logits, the study) or softmax (S's own
+    # max-softmax probability: plain confidence-thresholded self-training, the baseline D must beat).
+    mask_source: str = "d"
+    # D diagnostics at every validation (AUCs, pass fractions, reliability; log.jsonl and the report)
+    diagnostics: bool = True
     pretrain_iterations: int = 5000
     unlabeled_prob: float = 0.5  # chance an iteration after pre-training also uses an unlabeled batch
     d_steps: int = 1  # discriminator steps per segmenter step (Kohl et al.: 3)
@@ -243,8 +252,42 @@ def _merge(obj: Any, updates: dict[str, Any], where: str) -> Any:
         if is_dataclass(current):
             changes[key] = _merge(current, value or {}, f"{where}.{key}")
         else:
-            changes[key] = _coerce(value, hints[key], f"{where}.{key}")
+            changes[key] = _check_field(type(obj), key, _coerce(value, hints[key], f"{where}.{key}"),
+                                        f"{where}.{key}")
     return dataclasses.replace(obj, **changes)
+
+
+def _check_t_semi(value: Any, where: str) -> Any:
+    if value == "auto":
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1:
+        return float(value)
+    raise InputError(where, f"expected a number in [0, 1] or auto, got {value!r}")
+
+
+def _check_fraction(value: Any, where: str) -> Any:
+    if not 0 < value <= 1:
+        raise InputError(where, f"expected a number in (0, 1], got {value!r}")
+    return value
+
+
+def _check_mask_source(value: Any, where: str) -> Any:
+    if value not in ("d", "softmax"):
+        raise InputError(where, f"expected d or softmax, got {value!r}")
+    return value
+
+
+#: checks of single fields beyond their type: (dataclass, key) -> check(value, where) -> value
+_FIELD_CHECKS = {
+    (AdversarialConfig, "t_semi"): _check_t_semi,
+    (AdversarialConfig, "t_semi_target_accuracy"): _check_fraction,
+    (AdversarialConfig, "mask_source"): _check_mask_source,
+}
+
+
+def _check_field(cls: type, key: str, value: Any, where: str) -> Any:
+    check = _FIELD_CHECKS.get((cls, key))
+    return value if check is None or value is None else check(value, where)
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

@@ -15,8 +15,10 @@ from advseg.losses.adversarial import (
 from advseg.losses.semi import (
     fusion_pseudo_label,
     gaussian_noise_copy,
+    masked_self_training_loss,
     region_attention_loss,
     semi_supervised_loss,
+    softmax_confidence,
 )
 from advseg.networks.discriminators import (
     FCDiscriminator,
@@ -131,6 +133,25 @@ def test_semi_supervised_loss_on_3d_batch_pools_samples():
     ce = torch.nn.functional.cross_entropy(seg, seg.argmax(1), reduction="none")
     assert loss.item() == pytest.approx(ce[mask].mean().item(), rel=1e-6)
     assert float(frac) == pytest.approx(mask.float().mean().item())
+
+
+def test_softmax_mask_keeps_the_voxels_s_itself_is_sure_of():
+    """mask_source softmax: M_v = [max_c S(x)_{v,c} > T]; max-softmax: 3/4, 0.881, 4/5, 0.731."""
+    seg, _ = _semi_example()
+    conf = softmax_confidence(seg)
+    assert conf.shape == (1, 1, 4) and not conf.requires_grad
+    p1 = math.exp(2) / (1 + math.exp(2))
+    assert conf[0, 0].tolist() == pytest.approx([0.75, p1, 0.8, math.e / (1 + math.e)], rel=1e-6)
+    loss, frac = masked_self_training_loss(seg, conf, 0.76)  # voxels 1 and 2 pass
+    assert loss.item() == pytest.approx((-math.log(p1) + math.log(5 / 4)) / 2, rel=1e-6)
+    assert float(frac) == pytest.approx(0.5)
+    loss.backward()
+    assert torch.all(seg.grad[0][:, [0, 3]] == 0) and torch.all(seg.grad[0][:, [1, 2]].abs() > 0)
+    # the D form is the same loss on sigmoid(D)
+    seg, d = _semi_example()
+    a, fa = semi_supervised_loss(seg, d, 0.2)
+    b, fb = masked_self_training_loss(seg, torch.sigmoid(d), 0.2)
+    assert a.item() == b.item() and float(fa) == float(fb)
 
 
 def test_semi_supervised_loss_rejects_mismatched_confidence_map():

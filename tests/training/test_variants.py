@@ -254,6 +254,12 @@ def test_variant_trains_on_the_tiny_phantom(preset: str, tiny_phantom: Path, tmp
     assert len(rows) == 3
     _check_losses(rows)
     assert 0.0 <= result["best_score"] <= 1.0
+    # D diagnostics at the validation: S's max-softmax always, D's AUCs where D gives a per-voxel map
+    val = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()][-1]
+    assert val["kind"] == "val" and 0.0 <= val["softmax_auc_correct"] <= 1.0
+    assert ("conf_auc_correct" in val) == has_confidence_map(cfg)
+    if has_confidence_map(cfg):
+        assert 0.0 <= val["conf_auc_correct"] <= 1.0 and 0.0 <= val["d_auc_real_fake"] <= 1.0
     if cfg.adversarial.semi:
         assert [("loss_semi" in r) for r in rows] == ([False, True, False] if preset == "fusion_pair"
                                                       else [False, True, True])

@@ -7,6 +7,8 @@ here once. A method variant subclasses :class:`Trainer` and overrides hooks, as 
 - :meth:`Trainer.build_extra` adds networks/optimizers (e.g. the discriminator D);
 - :meth:`Trainer.training_step` computes and applies one iteration's losses;
 - :meth:`Trainer.wants_unlabeled` decides whether an iteration also draws an unlabeled batch;
+- :meth:`Trainer.validation_case` / :meth:`Trainer.validation_summary` add entries to a validation's
+  log record (e.g. the adversarial trainer's D diagnostics);
 - :meth:`Trainer.on_validation` adds figures or extra validation outputs.
 
 Everything a trainer registers in :attr:`Trainer.nets`, :attr:`Trainer.optims` and
@@ -255,6 +257,19 @@ class Trainer:
             title=f"iteration {self.iteration}: mean DSC {scores['dsc_mean']:.3f}",
         )
 
+    def validation_case(
+        self, image: np.ndarray, label: np.ndarray, pred: np.ndarray, logits: torch.Tensor
+    ) -> None:
+        """Hook: called for every validation case with the preprocessed ``image`` ``(C, Z, Y, X)``, its
+        ``label`` and S's ``pred`` ``(Z, Y, X)`` and ``logits`` ``(1, K, Z, Y, X)`` (e.g. to collect
+        confidence diagnostics); :meth:`validation_summary` follows after the last case."""
+
+    def validation_summary(self) -> dict[str, Any]:
+        """Hook: extra entries of this validation's ``log.jsonl`` record (JSON values), computed from
+        what :meth:`validation_case` collected. Runs before the best checkpoint is written, so state it
+        changes is saved with it."""
+        return {}
+
     def confidence_map(self, image: np.ndarray, probs: torch.Tensor) -> np.ndarray | None:
         """Hook: D's per-voxel confidence ``(Z, Y, X)`` for S's softmax ``probs`` ``(1, K, Z, Y, X)`` of the
         preprocessed ``image`` ``(C, Z, Y, X)`` (None without a per-voxel D)."""
@@ -339,10 +354,13 @@ class Trainer:
             per_case.append(dice_per_class(pred, lbl, self.data.num_classes))
             if len(self._val_figure) < self.FIGURE_CASES:
                 self._val_figure.append((pred, torch.softmax(logits, dim=1)))
+            self.validation_case(img, lbl, pred, logits)
         dsc = np.nanmean(np.asarray(per_case, dtype=np.float64), axis=0)
         scores = {f"dsc_{self.data.labels.get(c, c)}": float(dsc[c]) for c in range(1, self.data.num_classes)}
         scores["dsc_mean"] = float(np.nanmean(dsc[1:]))
-        self.log.append({"kind": "val", "iteration": self.iteration, **scores})
+        # before the best checkpoint is written: the summary may update state (e.g. an auto T_semi)
+        extra = self.validation_summary()
+        self.log.append({"kind": "val", "iteration": self.iteration, **scores, **extra})
         if scores["dsc_mean"] > self.best_score + self.cfg.train.early_stop_min_delta:
             self.best_score, self.best_iteration = scores["dsc_mean"], self.iteration
             self.save("best")

@@ -14,6 +14,19 @@ on a random ``unlabeled_prob`` share of the iterations. By default D sees ``x * 
 with a straight-through gradient (the study found D trivially separates soft predictions from
 one-hot truth); ``onehot_fake: false`` feeds the soft probabilities instead.
 
+Which voxels L_semi trusts (``adversarial.mask_source``): ``d`` (the study) takes D's confidence
+``sigmoid(D(x * S(x)))``, ``softmax`` S's own max-softmax probability (plain confidence-thresholded
+self-training, the baseline D has to beat). The threshold ``t_semi`` is a fixed number or ``auto``: at
+every validation it is recalibrated as the lowest threshold at which the passing voxels of the
+validation cases (fed as if unlabeled, over the region of interest of
+:mod:`advseg.training.diagnostics`) reach ``t_semi_target_accuracy``; until the first validation it is
+``t_semi_target_accuracy`` itself (the threshold a calibrated confidence would need). The threshold in
+use is logged (``t_semi`` in the validation records and in every training record with an unlabeled
+batch) and saved in the checkpoint, so a resumed run continues with it. With
+``adversarial.diagnostics`` (default on) every validation logs D diagnostics
+(:mod:`advseg.training.diagnostics`): D's AUCs next to the max-softmax AUC, pass fractions and
+accuracies at the threshold, reliability counts and the confidence histogram on the unlabeled pool.
+
 Hooks for the other papers' variants (:mod:`advseg.training.variants`), all methods of
 :class:`AdversarialTrainer`: ``discriminator_for`` (which D), ``fake_labels`` (what D sees of S(x)),
 ``d_forward``, ``segmenter_losses`` (S's terms), ``semi_loss`` (L_semi), ``discriminator_batches`` (the
@@ -38,6 +51,7 @@ from advseg.losses.adversarial import (
     discriminator_loss,
     semi_supervised_loss,
 )
+from advseg.losses.semi import masked_self_training_loss, softmax_confidence
 from advseg.networks.discriminators import (
     build_discriminator_input,
     make_discriminator,
@@ -47,6 +61,7 @@ from advseg.networks.discriminators import (
     set_requires_grad,
 )
 from advseg.training.checkpoint import to_plain
+from advseg.training.diagnostics import POOL_CASES, ConfidenceDiagnostics, pool_summary
 from advseg.training.trainer import Trainer
 
 logger = logging.getLogger("advseg")
@@ -77,6 +92,14 @@ class AdversarialTrainer(Trainer):
         # A private generator decides which iterations take an unlabeled batch, so that decision is
         # independent of how many random numbers the networks or augmentations consumed (exact resume).
         self.coin = np.random.default_rng(self.cfg.train.seed + 7919)
+        self.t_semi = self.initial_t_semi(a)
+        self.diagnostics = ConfidenceDiagnostics(self.data.labels)
+
+    @staticmethod
+    def initial_t_semi(a: Any) -> float:
+        """The threshold before any calibration: ``t_semi`` itself, or for ``auto`` the target accuracy
+        (what a calibrated confidence would need to reach it)."""
+        return float(a.t_semi_target_accuracy) if a.t_semi == "auto" else float(a.t_semi)
 
     # -- hooks ---------------------------------------------------------------------------------------
     def in_pretraining(self) -> bool:
@@ -119,13 +142,18 @@ class AdversarialTrainer(Trainer):
             terms["loss_semi"] = loss_semi
             weights["loss_semi"] = a.lambda_semi
             logs["semi_fraction"] = float(frac)
+            logs["t_semi"] = self.t_semi
         self._weights = weights
         return terms, logs, fake.detach()
 
     def semi_loss(self, logits_u: torch.Tensor, d_u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Hook: L_semi on an unlabeled batch from S's logits and D's (detached) logits on S's output;
-        returns ``(loss, fraction of voxels passing the confidence threshold)``."""
-        return semi_supervised_loss(logits_u, d_u, self.cfg.adversarial.t_semi)
+        returns ``(loss, fraction of voxels passing the confidence threshold)``. The voxels are those
+        whose confidence (``mask_source``: D's, or S's max-softmax) exceeds the threshold in use,
+        :attr:`t_semi`."""
+        if self.cfg.adversarial.mask_source == "softmax":
+            return masked_self_training_loss(logits_u, softmax_confidence(logits_u), self.t_semi)
+        return semi_supervised_loss(logits_u, d_u, self.t_semi)
 
     def discriminator_batches(
         self, batch: dict[str, torch.Tensor], fake: torch.Tensor
@@ -188,13 +216,74 @@ class AdversarialTrainer(Trainer):
         x = torch.from_numpy(np.ascontiguousarray(image))[None].to(self.device)
         return confidence_map(self.cfg, self.D, x, probs.to(self.device))[0, 0].cpu().numpy()
 
+    # -- diagnostics ---------------------------------------------------------------------------------
+    def _confidences(
+        self, image: np.ndarray, logits: torch.Tensor
+    ) -> tuple[torch.Tensor, np.ndarray, np.ndarray | None]:
+        """S's softmax ``(1, K, Z, Y, X)``, its max ``(Z, Y, X)`` and D's confidence on S's output
+        ``(Z, Y, X)`` (None without a per-voxel D) for a whole preprocessed volume."""
+        probs = torch.softmax(logits.float(), dim=1)
+        return probs, probs.amax(dim=1)[0].cpu().numpy(), self.confidence_map(image, probs)
+
+    def validation_case(
+        self, image: np.ndarray, label: np.ndarray, pred: np.ndarray, logits: torch.Tensor
+    ) -> None:
+        """Collect the case for the D diagnostics: fed as if unlabeled (D on ``x * S(x)``, S's
+        max-softmax), and D on the real input ``x * y`` for ``d_auc_real_fake``."""
+        a = self.cfg.adversarial
+        if not (a.diagnostics or a.t_semi == "auto"):  # the auto threshold is calibrated on these cases
+            return
+        probs, softmax, d_fake = self._confidences(image, logits)
+        d_real = None
+        if d_fake is not None:
+            truth = torch.from_numpy(np.ascontiguousarray(label)).long()[None].to(probs.device)
+            d_real = self.confidence_map(image, onehot(truth, probs.shape[1], dtype=probs.dtype))
+        self.diagnostics.add_case(label, pred, softmax, d_fake, d_real)
+
+    def validation_summary(self) -> dict[str, Any]:
+        """Recalibrate an ``auto`` T_semi on the validation cases, then the D diagnostics at the
+        threshold now in use (:mod:`advseg.training.diagnostics`) and on the unlabeled pool."""
+        a = self.cfg.adversarial
+        if a.t_semi == "auto":
+            calibrated = self.diagnostics.calibrate(a.mask_source, a.t_semi_target_accuracy)
+            if calibrated is not None:
+                self.t_semi = calibrated
+        out: dict[str, Any] = {"t_semi": self.t_semi}
+        if not a.diagnostics:
+            self.diagnostics.reset()
+            return out
+        out.update(self.diagnostics.summary(self.t_semi, a.t_semi_target_accuracy))
+        out.update(self.pool_diagnostics())
+        return out
+
+    def pool_diagnostics(self) -> dict[str, Any]:
+        """Confidence histograms and pass fractions on the first :data:`POOL_CASES` unlabeled volumes."""
+        if self.data.unlabeled is None:
+            return {}
+        volumes = list(getattr(self.data.unlabeled.sampler, "images", []) or [])[:POOL_CASES]
+        preds, softmaxes, d_confs = [], [], []
+        for image in volumes:
+            logits = self.predict_volume(image)
+            _, softmax, d = self._confidences(image, logits)
+            preds.append(logits.argmax(1)[0].cpu().numpy())
+            softmaxes.append(softmax)
+            d_confs.append(d)
+        has_d = bool(d_confs) and all(d is not None for d in d_confs)
+        return pool_summary(preds, softmaxes, d_confs if has_d else None, self.t_semi,
+                            self.cfg.adversarial.mask_source)
+
     # -- state ---------------------------------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:
         return {"coin": to_plain(self.coin.bit_generator.state),
-                "monitor": to_plain(self.monitor.state_dict())}
+                "monitor": to_plain(self.monitor.state_dict()),
+                "t_semi": self.t_semi}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if "coin" in state:
             self.coin.bit_generator.state = state["coin"]
         if "monitor" in state:
             self.monitor.load_state_dict(state["monitor"])
+        # A calibrated threshold resumes where it was; a fixed one is the config's (older checkpoints
+        # hold none: then an auto threshold restarts from its initial value until the next validation).
+        if "t_semi" in state and self.cfg.adversarial.t_semi == "auto":
+            self.t_semi = float(state["t_semi"])
