@@ -121,6 +121,20 @@ class AdversarialConfig:
     # product would hide from D (and S would get no adversarial gradient there).
     d_image_offset: float = 1.0
     d_lr: float = 1e-4
+    # Levers of D's learning (issue 10; the study's D has all of them off):
+    # fcn: a decoder with skip connections back to full resolution instead of trilinear up-sampling of
+    # the 1/2^len(d_channels) logits (which cannot place an error at a one-voxel boundary)
+    d_decoder: bool = False
+    d_spectral_norm: bool = False  # spectral normalisation of D's convolutions (Miyato et al. 2018)
+    d_label_smoothing: float = 0.0  # one-sided: real target 1 - s (Salimans et al. 2016)
+    d_instance_noise: float = 0.0  # std of Gaussian noise on D's inputs while D trains (Sonderby et al.)
+    # What D learns to call fake in S's map: "fake" every voxel (the study); "errors" only the voxels
+    # where S's label differs from the truth (elsewhere S's input is the truth's, so calling it fake
+    # contradicts the real example): D becomes a voxel-wise error detector
+    d_target: str = "fake"
+    # Iterations at the start in which only D trains, on a frozen S in eval mode (e.g. an S loaded
+    # with train.init_from), before S sees L_adv
+    d_warmup_iterations: int = 0
     onehot_fake: bool = True  # feed D with one-hot(argmax S(x)) (straight-through gradient)
     lambda_adv: float = 0.01
     lambda_adv_unlabeled: float = 0.001
@@ -197,6 +211,9 @@ class TrainConfig:
     # iteration, so a resumed run stops where the uninterrupted one would.
     early_stop_patience: int | None = None
     early_stop_min_delta: float = 0.0
+    # A checkpoint (.pt) whose S weights start a new run (fine-tuning, or an adversarial run on top of
+    # a supervised one); optimizers, step and D start fresh. Ignored on --resume.
+    init_from: str | None = None
     slices_2d: bool = False  # train a 2D network on axial slices of the 3D volumes
 
 
@@ -271,6 +288,12 @@ def _check_fraction(value: Any, where: str) -> Any:
     return value
 
 
+def _check_d_target(value: Any, where: str) -> Any:
+    if value not in ("fake", "errors"):
+        raise InputError(where, f"expected fake or errors, got {value!r}")
+    return value
+
+
 def _check_mask_source(value: Any, where: str) -> Any:
     if value not in ("d", "softmax"):
         raise InputError(where, f"expected d or softmax, got {value!r}")
@@ -282,6 +305,7 @@ _FIELD_CHECKS = {
     (AdversarialConfig, "t_semi"): _check_t_semi,
     (AdversarialConfig, "t_semi_target_accuracy"): _check_fraction,
     (AdversarialConfig, "mask_source"): _check_mask_source,
+    (AdversarialConfig, "d_target"): _check_d_target,
 }
 
 

@@ -237,3 +237,16 @@ def test_collapse_monitor_resume_is_exact():
     b.load_state_dict(a.state_dict())
     assert a.update(1e-5, 0.5, 0.5) == b.update(torch.tensor(1e-5), torch.tensor(0.5), torch.tensor(0.5))
     assert b.state_dict() == a.state_dict() == {"low_loss_run": 4, "small_gap_run": 4}
+
+
+def test_discriminator_loss_with_smoothing_and_a_per_voxel_fake_target() -> None:
+    import torch.nn.functional as F
+
+    real, fake = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    target = (torch.rand(2, 1, 4, 4) > 0.5).float() * 0.9
+    expected = (F.binary_cross_entropy_with_logits(real, torch.full_like(real, 0.9))
+                + F.binary_cross_entropy_with_logits(fake, target))
+    assert torch.allclose(discriminator_loss(real, fake, 0.9, target), expected)
+    assert torch.allclose(discriminator_loss(real, fake), discriminator_loss(real, fake, 1.0, 0.0))
+    with pytest.raises(ValueError, match="does not match"):
+        discriminator_loss(real, fake, 1.0, target[:1])

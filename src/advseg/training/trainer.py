@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from advseg.config import Config
+from advseg.errors import InputError
 from advseg.inference.sliding import predict_logits
 from advseg.losses import build_loss
 from advseg.networks.factory import build_network, channels_last_input, to_channels_last
@@ -418,6 +419,18 @@ class Trainer:
         path = self.run_dir / f"checkpoint_{kind}.pt"
         save_checkpoint(path, self.state_dict())
         return path
+
+    def init_weights(self, path: str | Path) -> None:
+        """Start S from the S weights of another run's checkpoint (``train.init_from``)."""
+        state = load_checkpoint(path, map_location=self.device)
+        weights = state.get("nets", {}).get("S")
+        if weights is None:
+            raise InputError(path, "checkpoint holds no segmenter weights (nets.S)")
+        try:
+            self.model.load_state_dict(weights)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+            raise InputError(path, f"S weights do not fit this run's network ({first})") from None
 
     def resume(self, path: str | Path | None = None) -> bool:
         """Load ``checkpoint_last.pt`` if present; returns whether a run was resumed."""

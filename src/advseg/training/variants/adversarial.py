@@ -116,11 +116,15 @@ class AdversarialTrainer(Trainer):
         probs = torch.softmax(logits.float(), dim=1)
         return onehot_straight_through(probs) if self.cfg.adversarial.onehot_fake else probs
 
-    def d_forward(self, image: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def d_forward(self, image: torch.Tensor, labels: torch.Tensor, noise_std: float = 0.0) -> torch.Tensor:
         """D's logits for ``image`` and a label map. The image is shifted by ``d_image_offset`` first:
-        with CT scaled to [-1, 1], water-like tissue (bladder) is ~0 and ``x * y`` would hide it from D."""
+        with CT scaled to [-1, 1], water-like tissue (bladder) is ~0 and ``x * y`` would hide it from D.
+        ``noise_std``: instance noise, Gaussian noise added to D's input (D's own updates only)."""
         shifted = image + self.cfg.adversarial.d_image_offset
-        return self.D(build_discriminator_input(self.d_input_kind, shifted, labels))
+        d_in = build_discriminator_input(self.d_input_kind, shifted, labels)
+        if noise_std > 0:
+            d_in = d_in + noise_std * torch.randn_like(d_in)
+        return self.D(d_in)
 
     def segmenter_losses(
         self, batch: dict[str, torch.Tensor], unl: dict[str, torch.Tensor] | None
@@ -163,7 +167,22 @@ class AdversarialTrainer(Trainer):
         for _ in range(max(1, self.cfg.adversarial.d_steps)):
             yield batch, fake
 
+    def d_warmup_step(self) -> dict[str, float]:
+        """One iteration of D's warm-up (``adversarial.d_warmup_iterations``): S frozen in eval mode gives
+        its prediction of a labeled batch, only D is updated, no unlabeled batch is drawn."""
+        batch = self.next_labeled()
+        self.model.eval()
+        with torch.no_grad(), self.autocast():
+            fake = self.fake_labels(main_logits(self.model(batch["image"]))).detach()
+        self.D.train()
+        d_logs: dict[str, float] = {}
+        for d_batch, d_fake in self.discriminator_batches(batch, fake):
+            d_logs = self.discriminator_step(d_batch, d_fake)
+        return {**d_logs, "d_warmup": 1, "unlabeled": 0}
+
     def training_step(self) -> dict[str, float]:
+        if self.iteration < self.cfg.adversarial.d_warmup_iterations:
+            return self.d_warmup_step()
         batch = self.next_labeled()
         unl = self.next_unlabeled()
         self.model.train()
@@ -192,11 +211,20 @@ class AdversarialTrainer(Trainer):
 
     def discriminator_step(self, batch: dict[str, torch.Tensor], fake: torch.Tensor) -> dict[str, float]:
         """One update of D on a labeled batch; returns L_D and D's mean confidence on real and fake."""
+        a = self.cfg.adversarial
         real = onehot(batch["label"], self.data.num_classes, dtype=fake.dtype)
+        real_target = 1.0 - a.d_label_smoothing
         with self.autocast():
-            d_real = self.d_forward(batch["image"], real)
-            d_fake = self.d_forward(batch["image"], fake)
-            loss_d = discriminator_loss(d_real, d_fake)
+            d_real = self.d_forward(batch["image"], real, a.d_instance_noise)
+            d_fake = self.d_forward(batch["image"], fake, a.d_instance_noise)
+            fake_target: float | torch.Tensor = 0.0
+            if a.d_target == "errors":
+                # a voxel of S's map is fake only where S's label differs from the truth
+                right = (fake.detach().argmax(1) == batch["label"]).unsqueeze(1)
+                if right.shape != d_fake.shape:
+                    raise ValueError("adversarial.d_target: errors needs a per-voxel discriminator (fcn)")
+                fake_target = right.to(d_fake.dtype) * real_target
+            loss_d = discriminator_loss(d_real, d_fake, real_target, fake_target)
         self.check_finite({"loss_d": loss_d})
         self.step_optimizer("D", loss_d)
         return {
