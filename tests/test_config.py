@@ -60,7 +60,7 @@ def test_mask_source_and_auto_threshold_options() -> None:
     assert config_from_dict(cfg.to_dict()) == cfg
     assert apply_overrides(cfg, ["adversarial.t_semi=1"]).adversarial.t_semi == 1.0
     bad = {
-        "adversarial.mask_source=D": r"adversarial\.mask_source: expected d or softmax, got 'D'",
+        "adversarial.mask_source=D": r"adversarial\.mask_source: expected d, softmax or product, got 'D'",
         "adversarial.t_semi=automatic": r"adversarial\.t_semi: expected a number in \[0, 1\] or auto",
         "adversarial.t_semi=1.5": r"adversarial\.t_semi: expected a number in \[0, 1\] or auto, got 1\.5",
         "adversarial.t_semi_target_accuracy=1.2": r"t_semi_target_accuracy: expected a number in \(0, 1\]",
@@ -76,7 +76,8 @@ def test_bad_mask_source_in_a_config_file_is_one_line_naming_the_file(tmp_path: 
     with pytest.raises(InputError) as exc:
         load_config(path)
     text = str(exc.value)
-    assert str(path) in text and "mask_source" in text and "d or softmax" in text and "\n" not in text
+    assert str(path) in text and "mask_source" in text and "d, softmax or product" in text
+    assert "\n" not in text
 
 
 def test_user_config_file_with_base(tmp_path: Path) -> None:

@@ -145,8 +145,9 @@ class AdversarialConfig:
     # t_semi_target_accuracy (advseg.training.variants.adversarial); t_semi_target_accuracy until then.
     t_semi: float | str = 0.2
     t_semi_target_accuracy: float = 0.97
-    # Which confidence selects L_semi's voxels: d (sigmoid of D's logits, the study) or softmax (S's own
-    # max-softmax probability: plain confidence-thresholded self-training, the baseline D must beat).
+    # Which confidence selects L_semi's voxels: d (sigmoid of D's logits, the study), softmax (S's own
+    # max-softmax probability: plain confidence-thresholded self-training, the baseline D must beat) or
+    # product (the two multiplied: D's evidence added to S's own).
     mask_source: str = "d"
     # D diagnostics at every validation (AUCs, pass fractions, reliability; log.jsonl and the report)
     diagnostics: bool = True
@@ -295,8 +296,8 @@ def _check_d_target(value: Any, where: str) -> Any:
 
 
 def _check_mask_source(value: Any, where: str) -> Any:
-    if value not in ("d", "softmax"):
-        raise InputError(where, f"expected d or softmax, got {value!r}")
+    if value not in ("d", "softmax", "product"):
+        raise InputError(where, f"expected d, softmax or product, got {value!r}")
     return value
 
 

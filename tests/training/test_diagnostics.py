@@ -142,7 +142,7 @@ def test_auto_threshold_is_recalibrated_at_validation_and_checkpointed(source: s
     assert other.t_semi == trainer.t_semi
 
 
-@pytest.mark.parametrize("source", ["d", "softmax"])
+@pytest.mark.parametrize("source", ["d", "softmax", "product"])
 def test_mask_source_selects_the_confidence_of_l_semi(
     source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -155,8 +155,10 @@ def test_mask_source_selects_the_confidence_of_l_semi(
     real_soft, real_d = adv_module.masked_self_training_loss, adv_module.semi_supervised_loss
 
     def spy_soft(logits, conf, threshold):
-        calls.append(("softmax", threshold))
-        assert torch.equal(conf, softmax_confidence(logits))
+        is_softmax = torch.equal(conf, softmax_confidence(logits))
+        calls.append(("softmax" if is_softmax else "product", threshold))
+        if not is_softmax:  # D's confidence times the max-softmax: never above the max-softmax
+            assert torch.all(conf <= softmax_confidence(logits) + 1e-6)
         return real_soft(logits, conf, threshold)
 
     def spy_d(logits, d_logits, threshold):

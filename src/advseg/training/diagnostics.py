@@ -8,12 +8,13 @@ into the validation record of ``log.jsonl`` (pooled over the validation cases; N
 ``d_auc_real_fake``
     AUC of D's confidence on the real input against the fake input, over the voxels where S's label
     differs from the truth (elsewhere the two inputs are identical). 0.5: D cannot tell them apart.
-``conf_auc_correct`` / ``softmax_auc_correct``
-    AUC of D's confidence / of S's max-softmax probability for "S's argmax is right" against
-    "wrong", over the region of interest :func:`advseg.metrics.confidence.roi_mask` (truth or
+``conf_auc_correct`` / ``softmax_auc_correct`` / ``product_auc_correct``
+    AUC of D's confidence / of S's max-softmax probability / of their product (``mask_source:
+    product``, the combination of the two) for "S's argmax is right" against "wrong", over the region
+    of interest :func:`advseg.metrics.confidence.roi_mask` (truth or
     prediction foreground, dilated by ``roi_dilation_voxels`` = 3 voxels). D earns its place in L_semi
     only where its AUC beats (or adds to) the softmax one, so the two are always logged side by side.
-``{d,softmax}_pass_fraction``, ``{d,softmax}_pass_accuracy``, ``region_accuracy`` (+ ``_<class>``)
+``{d,softmax,product}_pass_fraction``, ``{d,softmax}_pass_accuracy``, ``region_accuracy`` (+ ``_<class>``)
     at the run's threshold ``t_semi`` (the one in use from this validation on): the share of the region's
     voxels whose confidence passes it, the accuracy of S's label on them, and on the whole region; per
     class of S's label too. The same number is applied to both confidences.
@@ -109,6 +110,8 @@ class ConfidenceDiagnostics:
         sources = {"softmax": np.concatenate([c.softmax for c in self.cases])}
         if all(c.d is not None for c in self.cases):
             sources["d"] = np.concatenate([c.d for c in self.cases])
+            # both estimate P(S is right): their product is D's evidence added to S's own
+            sources["product"] = sources["d"] * sources["softmax"]
         return correct, pred, sources
 
     def calibrate(self, source: str, target_accuracy: float) -> float | None:
@@ -136,6 +139,7 @@ class ConfidenceDiagnostics:
             out["d_real_wrong_mean"] = float(real.mean()) if real.size else float("nan")
             out["d_fake_wrong_mean"] = float(fake.mean()) if fake.size else float("nan")
             out["conf_auc_correct"] = binary_auc(sources["d"], correct)
+            out["product_auc_correct"] = binary_auc(sources["product"], correct)
         out["softmax_auc_correct"] = binary_auc(sources["softmax"], correct)
         for src, conf in sources.items():
             for key, value in threshold_stats(conf, correct, threshold, pred, self.classes).items():
@@ -158,8 +162,8 @@ def pool_summary(
     dilation_voxels: int = ROI_DILATION_VOXELS,
 ) -> dict[str, Any]:
     """The ``pool_*`` entries for unlabeled volumes: per volume S's argmax, S's max-softmax and (with a
-    per-voxel D) D's confidence, all ``(Z, Y, X)``; ``source`` (``d`` or ``softmax``) is the mask of the
-    run. The region is the prediction's foreground dilated by ``dilation_voxels``."""
+    per-voxel D) D's confidence, all ``(Z, Y, X)``; ``source`` (``d``, ``softmax`` or ``product``) is
+    the mask of the run. The region is the prediction's foreground dilated by ``dilation_voxels``."""
     if not preds:
         return {}
     rois = [roi_mask(p, p, dilation_voxels) for p in preds]
@@ -171,7 +175,11 @@ def pool_summary(
         out[f"pool_{src}_hist"] = confidence_histogram(every, HISTOGRAM_BINS)
         in_roi = np.concatenate([c[r] for c, r in zip(confs, rois, strict=True)])
         out[f"pool_{src}_hist_roi"] = confidence_histogram(in_roi, HISTOGRAM_BINS)
-    mask_conf = d_confs if source == "d" else softmaxes
+    mask_conf: list[np.ndarray] | None = softmaxes
+    if source == "d":
+        mask_conf = d_confs
+    elif source == "product":
+        mask_conf = None if d_confs is None else [d * c for d, c in zip(d_confs, softmaxes, strict=True)]
     if mask_conf is not None:
         every = np.concatenate([c.ravel() for c in mask_conf])
         in_roi = np.concatenate([c[r] for c, r in zip(mask_conf, rois, strict=True)])

@@ -16,16 +16,16 @@ one-hot truth); ``onehot_fake: false`` feeds the soft probabilities instead.
 
 Which voxels L_semi trusts (``adversarial.mask_source``): ``d`` (the study) takes D's confidence
 ``sigmoid(D(x * S(x)))``, ``softmax`` S's own max-softmax probability (plain confidence-thresholded
-self-training, the baseline D has to beat). The threshold ``t_semi`` is a fixed number or ``auto``: at
-every validation it is recalibrated as the lowest threshold at which the passing voxels of the
-validation cases (fed as if unlabeled, over the region of interest of
+self-training, the baseline D has to beat), ``product`` the product of the two. The threshold ``t_semi``
+is a fixed number or ``auto``: at every validation it is recalibrated as the lowest threshold at which
+the passing voxels of the validation cases (fed as if unlabeled, over the region of interest of
 :mod:`advseg.training.diagnostics`) reach ``t_semi_target_accuracy``; until the first validation it is
 ``t_semi_target_accuracy`` itself (the threshold a calibrated confidence would need). The threshold in
 use is logged (``t_semi`` in the validation records and in every training record with an unlabeled
-batch) and saved in the checkpoint, so a resumed run continues with it. With
-``adversarial.diagnostics`` (default on) every validation logs D diagnostics
-(:mod:`advseg.training.diagnostics`): D's AUCs next to the max-softmax AUC, pass fractions and
-accuracies at the threshold, reliability counts and the confidence histogram on the unlabeled pool.
+batch) and saved in the checkpoint, so a resumed run continues with it. With ``adversarial.diagnostics``
+(default on) every validation logs D diagnostics (:mod:`advseg.training.diagnostics`): D's AUCs next to
+the max-softmax AUC, pass fractions and accuracies at the threshold, reliability counts and the
+confidence histogram on the unlabeled pool.
 
 Hooks for the other papers' variants (:mod:`advseg.training.variants`), all methods of
 :class:`AdversarialTrainer`: ``discriminator_for`` (which D), ``fake_labels`` (what D sees of S(x)),
@@ -155,8 +155,12 @@ class AdversarialTrainer(Trainer):
         returns ``(loss, fraction of voxels passing the confidence threshold)``. The voxels are those
         whose confidence (``mask_source``: D's, or S's max-softmax) exceeds the threshold in use,
         :attr:`t_semi`."""
-        if self.cfg.adversarial.mask_source == "softmax":
+        source = self.cfg.adversarial.mask_source
+        if source == "softmax":
             return masked_self_training_loss(logits_u, softmax_confidence(logits_u), self.t_semi)
+        if source == "product":
+            conf = softmax_confidence(logits_u) * torch.sigmoid(d_u.detach().float())
+            return masked_self_training_loss(logits_u, conf, self.t_semi)
         return semi_supervised_loss(logits_u, d_u, self.t_semi)
 
     def discriminator_batches(
