@@ -22,6 +22,7 @@ import contextlib
 import math
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,8 +288,12 @@ class Trainer:
             while self.iteration < total and not self.plateaued():
                 logs = self.training_step()
                 self.scaler.update()
-                for s in self.scheds.values():
-                    s.step()
+                with warnings.catch_warnings():
+                    # a variant may leave an optimizer unstepped for an iteration (S during D's warm-up):
+                    # its schedule advances all the same, as the iteration count does
+                    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+                    for s in self.scheds.values():
+                        s.step()
                 self.iteration += 1
                 logs = {
                     "kind": "train",
