@@ -198,6 +198,11 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision on CUDA
+    amp_dtype: str = "float16"  # CUDA autocast dtype: float16 (with a GradScaler) | bfloat16 (no scaler)
+    # cudnn.benchmark off and cudnn.deterministic on (CUDA): reproducible, somewhat slower convolutions
+    deterministic: bool = False
+    # under torchrun: batch norm statistics over the global batch (torch.nn.SyncBatchNorm; CUDA only)
+    sync_batchnorm: bool = False
     bf16_cpu: bool = False  # bf16 autocast on CPU (measured faster on some CPUs)
     # 3-D nets and batches in channels-last (NDHWC) layout: 1.4x faster CPU steps (networks.to_channels_last)
     channels_last: bool = True
@@ -295,6 +300,12 @@ def _check_d_target(value: Any, where: str) -> Any:
     return value
 
 
+def _check_amp_dtype(value: Any, where: str) -> Any:
+    if value not in ("float16", "bfloat16"):
+        raise InputError(where, f"expected float16 or bfloat16, got {value!r}")
+    return value
+
+
 def _check_mask_source(value: Any, where: str) -> Any:
     if value not in ("d", "softmax", "product"):
         raise InputError(where, f"expected d, softmax or product, got {value!r}")
@@ -307,6 +318,7 @@ _FIELD_CHECKS = {
     (AdversarialConfig, "t_semi_target_accuracy"): _check_fraction,
     (AdversarialConfig, "mask_source"): _check_mask_source,
     (AdversarialConfig, "d_target"): _check_d_target,
+    (TrainConfig, "amp_dtype"): _check_amp_dtype,
 }
 
 

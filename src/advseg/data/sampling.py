@@ -118,6 +118,17 @@ class PatchDataset(IterableDataset):
 
     # ---- state -------------------------------------------------------------------------------
 
+    @property
+    def base_seed(self) -> int:
+        """The seed given at construction (the single-process stream's)."""
+        return self.seed
+
+    def reseed(self, seed: int | list[int]) -> None:
+        """Start a fresh stream from ``seed``: an int, or ``SeedSequence`` entropy such as ``[seed, rank]``
+        (one independent stream per distributed rank, :func:`advseg.training.distributed.stream_seed`)."""
+        self._rng = np.random.default_rng(seed)
+        self._drawn = 0
+
     def state_dict(self) -> dict[str, Any]:
         """The generator state (plain ints/dicts) and the number of patches drawn so far."""
         return {"bit_generator": self._rng.bit_generator.state, "drawn": self._drawn, "seed": self.seed}

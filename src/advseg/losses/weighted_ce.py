@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -75,7 +76,8 @@ class AdaptiveWeightedCE(nn.Module):
     * ``DSC_c``: exponential moving average of the hard Dice of class ``c`` on the training batches,
       ``DSC_c <- m * DSC_c + (1 - m) * dice_c(batch)``, ``m = momentum``. ``dice_c(batch) =
       2 |P_c & G_c| / (|P_c| + |G_c|)`` with ``P_c`` the voxels whose argmax prediction is ``c`` and
-      ``G_c`` the target voxels of ``c``, pooled over the whole batch (ignored voxels excluded).
+      ``G_c`` the target voxels of ``c``, pooled over the whole batch (ignored voxels excluded; under
+      torchrun over the global batch of all ranks).
       Hard (argmax) Dice is the quantity the study reports, so the weights follow the metric. A class
       absent from both prediction and target of a batch has no Dice and keeps its running value.
       ``DSC_c`` starts at 0, so the first weights are ``2 + ln(N_all / N_c)`` (no class is
@@ -138,6 +140,12 @@ class AdaptiveWeightedCE(nn.Module):
         dims = tuple(range(1, p.ndim))
         inter = (p & g).sum(dims).double()
         denom = p.sum(dims).double() + g.sum(dims).double()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # under torchrun: pooled over the global batch (every rank's), so all ranks keep the same
+            # weights and N ranks x batch b train as one process with batch N b
+            counts = torch.cat([inter, denom])
+            dist.all_reduce(counts)
+            inter, denom = counts[: inter.numel()], counts[inter.numel() :]
         dice = 2.0 * inter / denom  # 0/0 -> NaN for absent classes
         return dice.float()
 

@@ -32,6 +32,7 @@ from advseg.data.validate import validate_dataset
 from advseg.errors import InputError
 from advseg.io.atomic import atomic_write_text
 from advseg.io.guard import refuse_overlap
+from advseg.training import distributed
 from advseg.training.trainer import BatchSource, TrainData, TrainingDiverged
 from advseg.transforms.augment import build_augmentation
 
@@ -97,11 +98,16 @@ def prepare_training(
     unlabeled: list[Path] | None = None,
     resume: bool = False,
     progress: bool = True,
+    check_out: bool = True,
 ) -> tuple[Config, TrainData, dict[str, Any]]:
-    """Validate the inputs, preprocess (cached) and build the batch sources. Writes nothing in ``out``."""
+    """Validate the inputs, preprocess (cached) and build the batch sources. Writes nothing in ``out``.
+
+    ``check_out=False`` skips looking at ``out`` (distributed ranks > 0, which never touch the run folder;
+    rank 0 checked it)."""
     out = Path(out)
     refuse_overlap([out], [data, *(unlabeled or [])])
-    _check_out(out, resume)
+    if check_out:
+        _check_out(out, resume)
     if cfg is None:
         cfg = load_config(out / "config.yaml")
     if cfg.train.init_from and not resume and not Path(cfg.train.init_from).is_file():
@@ -206,27 +212,38 @@ def train_run(
 
     With ``resume=True`` the run continues from ``out/checkpoint_last.pt`` exactly where it stopped
     (config taken from ``out/config.yaml`` when ``cfg`` is None). Returns the best validation score.
+
+    Under ``torchrun`` (:mod:`advseg.training.distributed`) every rank calls this: rank 0 prepares the
+    data first (filling the preprocessing cache) and alone writes ``out``; the other ranks then build
+    their own patch streams with the config rank 0 settled on.
     """
     from advseg.training.variants import trainer_class
 
     out = Path(out)
-    cfg, tdata, info = prepare_training(cfg, data, out, unlabeled, resume, progress)
+    distributed.init_from_env()
+    main = distributed.is_main()
+    cfg, tdata, info = distributed.prepare_on_ranks(prepare_training, cfg, data, out, unlabeled, resume,
+                                                    progress)
     fresh = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     try:
-        cfg.save(out / "config.yaml")
-        _write_json(out / "dataset_info.json", info)
-        _write_json(out / "splits.json", {"fold": cfg.train.fold, "folds": cfg.train.folds, **info["cases"]})
-        trainer = trainer_class(cfg)(cfg, out, tdata, device=device)
+        if main:
+            cfg.save(out / "config.yaml")
+            _write_json(out / "dataset_info.json", info)
+            _write_json(out / "splits.json",
+                        {"fold": cfg.train.fold, "folds": cfg.train.folds, **info["cases"]})
+        trainer = distributed.collective(lambda: trainer_class(cfg)(cfg, out, tdata, device=device))
         if resume and trainer.resume():
-            print(f"resumed {out} at iteration {trainer.iteration}/{cfg.train.iterations}")
+            if main:
+                print(f"resumed {out} at iteration {trainer.iteration}/{cfg.train.iterations}")
         elif cfg.train.init_from:
-            trainer.init_weights(cfg.train.init_from)
+            distributed.collective(lambda: trainer.init_weights(cfg.train.init_from))
         result = trainer.fit(progress=progress)
     except TrainingDiverged as exc:
-        raise SystemExit(f"error: {out}: {exc}") from None
+        raise SystemExit(f"error: {out}: {exc}" if main else 1) from None
     except BaseException:
-        if fresh and not (out / "checkpoint_last.pt").exists():
+        if main and fresh and not (out / "checkpoint_last.pt").exists():
             shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping from a run that never saved
         raise
     return result

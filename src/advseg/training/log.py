@@ -21,22 +21,29 @@ DIAGNOSTIC_CURVES = {
 
 
 class TrainingLog:
-    """Append-only log that can be rewound to an iteration on resume (so it matches the checkpoint)."""
+    """Append-only log that can be rewound to an iteration on resume (so it matches the checkpoint).
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+    ``path=None``: rows are kept in memory only, nothing is read or written (the log of a distributed
+    rank other than 0, which never touches the disk)."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path is not None else None
         self.rows: list[dict[str, Any]] = []
-        if self.path.exists():
+        if self.path is not None and self.path.exists():
             self.rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
     def truncate(self, iteration: int) -> None:
         """Drop rows written after ``iteration`` (they belong to work lost in a crash)."""
         self.rows = [r for r in self.rows if r.get("iteration", 0) <= iteration]
+        if self.path is None:
+            return
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
 
     def append(self, row: dict[str, Any]) -> None:
         row = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
         self.rows.append(row)
+        if self.path is None:
+            return
         with self.path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
 

@@ -14,6 +14,13 @@ here once. A method variant subclasses :class:`Trainer` and overrides hooks, as 
 Everything a trainer registers in :attr:`Trainer.nets`, :attr:`Trainer.optims` and
 :attr:`Trainer.scheds` is saved in the checkpoint automatically, with the RNG states and sampler
 states, so a resumed run continues bit-for-bit.
+
+Under ``torchrun`` (:mod:`advseg.training.distributed`) the same loop runs on every rank: the nets named
+by :meth:`Trainer.ddp_nets` are wrapped in DistributedDataParallel and the training forward passes whose
+gradients are averaged go through :meth:`Trainer.train_net`; each rank draws its own patches; the
+logged losses are the means over the ranks; rank 0 alone validates, writes the log, figures and
+checkpoints (holding every rank's sampler and RNG states) and sends what validation decided (best
+score, early stopping, an auto threshold) to the others; a NaN on any rank stops all ranks together.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from advseg.errors import InputError
 from advseg.inference.sliding import predict_logits
 from advseg.losses import build_loss
 from advseg.networks.factory import build_network, channels_last_input, to_channels_last
+from advseg.training import distributed
 from advseg.training.checkpoint import (
     capture_rng_state,
     load_checkpoint,
@@ -132,34 +140,85 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: str | Path, data: TrainData, device: str = "auto") -> None:
         self.cfg = cfg
+        self.rank = distributed.rank()
+        self.world_size = distributed.world_size()
+        self.is_main = self.rank == 0
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.is_main:  # the other ranks never touch the disk
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         self.data = data
-        self.device = resolve_device(device if device != "auto" else cfg.train.device)
+        self.device = distributed.device_for(resolve_device(device if device != "auto" else cfg.train.device))
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = not cfg.train.deterministic
+            torch.backends.cudnn.deterministic = cfg.train.deterministic
         self.iteration = 0
         self.best_score = -math.inf
         self.best_iteration = -1
         self.nets: dict[str, torch.nn.Module] = {}
         self.optims: dict[str, torch.optim.Optimizer] = {}
         self.scheds: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
-        self.log = TrainingLog(self.run_dir / "log.jsonl")
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self._use_fp16)
+        self.log = TrainingLog(self.run_dir / "log.jsonl" if self.is_main else None)
+        fp16 = self._use_fp16 and self._amp_dtype == torch.float16  # bf16 needs no loss scaling
+        self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
         torch.manual_seed(cfg.train.seed)
         self.build()
         self.build_extra()
         if cfg.train.channels_last:
             for net in self.nets.values():
                 to_channels_last(net)
+        self.ddp: dict[str, torch.nn.Module] = {}
+        self._rank_states: list[dict[str, Any]] | None = None
+        self._validating = False
+        if self.world_size > 1:
+            self.setup_distributed()
+
+    def setup_distributed(self) -> None:
+        """Wrap :meth:`ddp_nets` in DistributedDataParallel (optionally with SyncBatchNorm) and seed this
+        rank's global RNGs (rank r > 0: ``seed + 1000 r``). Every rank builds the same initial weights
+        from ``train.seed``; DDP broadcasts rank 0's anyway."""
+        if self.cfg.train.sync_batchnorm:
+            if self.device.type != "cuda":
+                raise InputError(None, "train.sync_batchnorm needs CUDA (torch.nn.SyncBatchNorm has no CPU "
+                                       "implementation); set it false for a CPU run")
+            for name in self.ddp_nets():
+                converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.nets[name])
+                if converted is not self.nets[name]:
+                    raise ValueError(f"net {name} is itself a batch-norm layer")
+        for name in self.ddp_nets():
+            if name in self.nets:
+                self.ddp[name] = distributed.wrap(self.nets[name], self.device,
+                                                  self.find_unused_parameters(name))
+        distributed.seed_rank_rngs(self.cfg.train.seed, self.rank)
+
+    def ddp_nets(self) -> tuple[str, ...]:
+        """Hook: the nets trained by gradient descent whose gradients are averaged over the ranks."""
+        return ("S",)
+
+    def find_unused_parameters(self, name: str) -> bool:
+        """Hook: whether net ``name``'s DDP wrapper must look for parameters without a gradient (slower;
+        only for losses that leave part of a net unused)."""
+        return False
+
+    def train_net(self, name: str) -> torch.nn.Module:
+        """Net ``name`` for a training forward pass whose gradients are to be averaged over the ranks (its
+        DDP wrapper under torchrun, the net itself otherwise). Forward passes without gradient, or of a
+        frozen net, use ``self.nets[name]`` (``self.model``, ``self.D``) directly."""
+        return self.ddp.get(name, self.nets[name])
 
     # ------------------------------------------------------------------ set-up hooks
     @property
     def _use_fp16(self) -> bool:
+        """Mixed precision on CUDA (``train.amp``; dtype ``train.amp_dtype``)."""
         return self.device.type == "cuda" and self.cfg.train.amp
 
+    @property
+    def _amp_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.cfg.train.amp_dtype == "bfloat16" else torch.float16
+
     def autocast(self) -> contextlib.AbstractContextManager:
-        """fp16 autocast on CUDA (with a GradScaler), optional bf16 autocast on CPU."""
+        """fp16 (with a GradScaler) or bf16 autocast on CUDA, optional bf16 autocast on CPU."""
         if self._use_fp16:
-            return torch.autocast("cuda", dtype=torch.float16)
+            return torch.autocast("cuda", dtype=self._amp_dtype)
         if self.device.type == "cpu" and self.cfg.train.bf16_cpu:
             return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
@@ -220,17 +279,26 @@ class Trainer:
         batch = self.next_labeled()
         self.model.train()
         with self.autocast():
-            out = self.model(batch["image"])
+            out = self.train_net("S")(batch["image"])
             loss = self.loss_vox(out, batch["label"])
         self.check_finite({"loss_vox": loss})
         self.step_optimizer("S", loss)
         return {"loss_vox": float(loss.detach())}
 
     def check_finite(self, losses: dict[str, torch.Tensor]) -> None:
+        """Raise :class:`TrainingDiverged` if a loss is NaN/Inf; under torchrun on every rank as soon as
+        it happens on one (collective: every rank calls it at the same points)."""
         bad = [k for k, v in losses.items() if not torch.isfinite(v.detach()).all()]
+        where = ""
+        if self.world_size > 1:
+            if not distributed.any_rank(bool(bad)):
+                return
+            per_rank = distributed.all_gather_object(bad)
+            bad = sorted({k for b in per_rank for k in b})
+            where = f" on rank(s) {', '.join(str(r) for r, b in enumerate(per_rank) if b)}"
         if bad:
             raise TrainingDiverged(
-                f"{', '.join(bad)} became NaN/Inf at iteration {self.iteration + 1}; stopped without "
+                f"{', '.join(bad)} became NaN/Inf{where} at iteration {self.iteration + 1}; stopped without "
                 f"saving this state (last good checkpoint: {self.run_dir / 'checkpoint_last.pt'}). "
                 "Try a lower learning rate or train.amp=false."
             )
@@ -282,7 +350,7 @@ class Trainer:
         """Train up to ``cfg.train.iterations``; returns the best validation scores."""
         total = self.cfg.train.iterations
         tc = self.cfg.train
-        bar = _Progress(total, self.iteration, enabled=progress)
+        bar = _Progress(total, self.iteration, enabled=progress and self.is_main)
         t0 = time.perf_counter()
         try:
             while self.iteration < total and not self.plateaued():
@@ -299,13 +367,13 @@ class Trainer:
                     "kind": "train",
                     "iteration": self.iteration,
                     "lr": self.optims["S"].param_groups[0]["lr"],
-                    **logs,
+                    **distributed.mean_scalars(logs),  # means over the ranks (a no-op on one process)
                 }
                 self.log.append(logs)
                 bar.update(self.iteration, logs)
                 last = self.iteration == total
                 if tc.val_every and (self.iteration % tc.val_every == 0 or last):
-                    self.validate()
+                    self.validate_all()
                 stop = self.plateaued()
                 if stop:
                     self.log.append({"kind": "stop", "iteration": self.iteration,
@@ -314,7 +382,8 @@ class Trainer:
                     self.save("last")
         finally:
             bar.close()
-        self.log.plot(self.run_dir / "learning_curves.png")
+        if self.is_main:
+            self.log.plot(self.run_dir / "learning_curves.png")
         return {
             "best_score": self.best_score,
             "best_iteration": self.best_iteration,
@@ -348,6 +417,42 @@ class Trainer:
                 spatial_dims=self.cfg.network.spatial_dims,
             ).float()
 
+    def validate_all(self) -> None:
+        """:meth:`validate` on rank 0 (the only one with the validation cases' results); under torchrun
+        rank 0 then sends what it decided (:meth:`validation_state`) to every rank, and an error in
+        rank 0's validation stops every rank."""
+        if self.world_size == 1:
+            self.validate()
+            return
+        self.gather_rank_states()  # for a best checkpoint written inside validate
+        err: BaseException | None = None
+        shared: dict[str, Any] | None = None
+        if self.is_main:
+            try:
+                self._validating = True
+                self.validate()
+                shared = self.validation_state()
+            except Exception as exc:  # reported by rank 0, the others stop silently
+                err = exc
+            finally:
+                self._validating = False
+        shared = distributed.broadcast_object(shared if err is None else {"error": True})
+        if shared.get("error"):
+            if err is not None:
+                raise err
+            raise distributed.PeerFailed()
+        self.load_validation_state(shared)
+
+    def validation_state(self) -> dict[str, Any]:
+        """Hook: what a validation (on rank 0) changed that every rank must know: the best score and
+        iteration (early stopping), e.g. an auto threshold. Plain Python values."""
+        return {"best_score": self.best_score, "best_iteration": self.best_iteration}
+
+    def load_validation_state(self, state: dict[str, Any]) -> None:
+        """Hook: apply rank 0's :meth:`validation_state` on every rank."""
+        self.best_score = float(state["best_score"])
+        self.best_iteration = int(state["best_iteration"])
+
     def validate(self) -> dict[str, float]:
         """Per-class DSC on the validation cases; the best mean foreground DSC is checkpointed."""
         if not self.data.val_images:
@@ -374,7 +479,23 @@ class Trainer:
         return scores
 
     # ------------------------------------------------------------------ state
+    def rank_state(self) -> dict[str, Any]:
+        """This rank's own part of a checkpoint: global RNG states, sampler states, :meth:`extra_state`."""
+        data = {"labeled": self.data.labeled.state_dict()}
+        if self.data.unlabeled is not None:
+            data["unlabeled"] = self.data.unlabeled.state_dict()
+        return {"rng": capture_rng_state(), "data": data, "extra": self.extra_state()}
+
+    def gather_rank_states(self) -> None:
+        """Collective under torchrun: every rank's :meth:`rank_state`, kept for :meth:`state_dict`."""
+        if self.world_size > 1:
+            self._rank_states = distributed.all_gather_object(distributed.to_cpu(self.rank_state()))
+
     def state_dict(self) -> dict[str, Any]:
+        """The checkpoint. Under torchrun also ``world_size`` and ``ranks``: every rank's
+        :meth:`rank_state` (gathered by :meth:`gather_rank_states`; the top-level ``rng``/``data``/``extra``
+        are rank 0's, so a one-process resume or tool reads the checkpoint as before)."""
+        mine = self.rank_state()
         state: dict[str, Any] = {
             "format": "advseg-checkpoint-1",
             "iteration": self.iteration,
@@ -386,13 +507,23 @@ class Trainer:
             "optimizers": {k: o.state_dict() for k, o in self.optims.items()},
             "schedulers": {k: s.state_dict() for k, s in self.scheds.items()},
             "scaler": self.scaler.state_dict(),
-            "rng": capture_rng_state(),
-            "data": {"labeled": self.data.labeled.state_dict()},
-            "extra": self.extra_state(),
+            **mine,
         }
-        if self.data.unlabeled is not None:
-            state["data"]["unlabeled"] = self.data.unlabeled.state_dict()
+        if self.world_size > 1:
+            if self._rank_states is None or len(self._rank_states) != self.world_size:
+                raise RuntimeError("state_dict under torchrun needs gather_rank_states() first (collective)")
+            state["world_size"] = self.world_size
+            state["ranks"] = [distributed.to_cpu(mine), *self._rank_states[1:]]
         return state
+
+    def _own_rank_state(self, state: dict[str, Any]) -> dict[str, Any] | None:
+        """This rank's part of a checkpoint; None for a rank the saved run did not have."""
+        ranks = state.get("ranks")
+        if ranks:
+            return ranks[self.rank] if self.rank < len(ranks) else None
+        if self.rank == 0:
+            return {"rng": state["rng"], "data": state["data"], "extra": state.get("extra", {})}
+        return None
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.iteration = int(state["iteration"])
@@ -406,11 +537,20 @@ class Trainer:
             s.load_state_dict(state["schedulers"][k])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        restore_rng_state(state["rng"])
-        self.data.labeled.load_state_dict(state["data"]["labeled"])
-        if self.data.unlabeled is not None and "unlabeled" in state["data"]:
-            self.data.unlabeled.load_state_dict(state["data"]["unlabeled"])
-        self.load_extra_state(state.get("extra", {}))
+        mine = self._own_rank_state(state)
+        if mine is None:
+            # More ranks than the saved run: a fresh stream of this rank's own, not the run's start again.
+            # Rank 0's extra state keeps the decisions every rank shares (unlabeled-batch coin) in step.
+            for src in (self.data.labeled, self.data.unlabeled):
+                if src is not None and hasattr(src.sampler, "reseed"):
+                    src.sampler.reseed([src.sampler.base_seed, self.rank, self.iteration])
+            self.load_extra_state(state.get("extra", {}))
+        else:
+            restore_rng_state(mine["rng"])
+            self.data.labeled.load_state_dict(mine["data"]["labeled"])
+            if self.data.unlabeled is not None and "unlabeled" in mine["data"]:
+                self.data.unlabeled.load_state_dict(mine["data"]["unlabeled"])
+            self.load_extra_state(mine.get("extra", {}))
         self.log.truncate(self.iteration)
 
     def extra_state(self) -> dict[str, Any]:
@@ -421,14 +561,37 @@ class Trainer:
         """Hook: restore :meth:`extra_state`."""
 
     def save(self, kind: str) -> Path:
+        """Write ``checkpoint_<kind>.pt`` (rank 0 only). Under torchrun a collective outside validation
+        (every rank's state is gathered first); inside :meth:`validate_all` the states gathered before it
+        are used."""
         path = self.run_dir / f"checkpoint_{kind}.pt"
-        save_checkpoint(path, self.state_dict())
+        if self.world_size > 1 and not self._validating:
+            self.gather_rank_states()
+        if self.is_main:
+            save_checkpoint(path, self.state_dict())
         return path
+
+    def _load_on_main(self, path: Path, missing_ok: bool = False) -> dict[str, Any] | None:
+        """A checkpoint read by rank 0 alone and sent to every rank (collective under torchrun; one read,
+        no shared file system needed). ``missing_ok``: None for a missing file instead of an error."""
+        if self.world_size == 1:
+            if missing_ok and not path.exists():
+                return None
+            return load_checkpoint(path, map_location=self.device)
+        state, err = None, None
+        if self.is_main:
+            try:
+                if not (missing_ok and not path.exists()):
+                    state = load_checkpoint(path, map_location="cpu")
+            except Exception as exc:
+                err = exc
+        distributed.agree(err)
+        return distributed.broadcast_object(state)
 
     def init_weights(self, path: str | Path) -> None:
         """Start S from the S weights of another run's checkpoint (``train.init_from``)."""
-        state = load_checkpoint(path, map_location=self.device)
-        weights = state.get("nets", {}).get("S")
+        state = self._load_on_main(Path(path))
+        weights = (state or {}).get("nets", {}).get("S")
         if weights is None:
             raise InputError(path, "checkpoint holds no segmenter weights (nets.S)")
         try:
@@ -438,11 +601,18 @@ class Trainer:
             raise InputError(path, f"S weights do not fit this run's network ({first})") from None
 
     def resume(self, path: str | Path | None = None) -> bool:
-        """Load ``checkpoint_last.pt`` if present; returns whether a run was resumed."""
+        """Load ``checkpoint_last.pt`` if present; returns whether a run was resumed. Under torchrun
+        rank 0 reads it and every rank takes its own sampler and RNG states from it (a run resumed with
+        another number of ranks continues, but not bit-for-bit)."""
         path = Path(path) if path else self.run_dir / "checkpoint_last.pt"
-        if not path.exists():
+        state = self._load_on_main(path, missing_ok=True)
+        if state is None:
             return False
-        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        saved = int(state.get("world_size", 1))
+        if saved != self.world_size and self.is_main:
+            print(f"note: resuming a {saved}-process run with {self.world_size} process(es): it continues "
+                  "but is not bit-identical to an uninterrupted run", file=sys.stderr)
+        self.load_state_dict(state)
         return True
 
 

@@ -82,6 +82,10 @@ class AdversarialTrainer(Trainer):
         net = cfg.network
         return make_discriminator(cfg.adversarial, net.spatial_dims, net.in_channels, num_classes)
 
+    def ddp_nets(self) -> tuple[str, ...]:
+        """S and D are averaged over the ranks under torchrun (each with its own DDP wrapper)."""
+        return ("S", "D")
+
     def build_extra(self) -> None:
         a = self.cfg.adversarial
         self.d_input_kind = resolve_d_input(a)
@@ -116,29 +120,32 @@ class AdversarialTrainer(Trainer):
         probs = torch.softmax(logits.float(), dim=1)
         return onehot_straight_through(probs) if self.cfg.adversarial.onehot_fake else probs
 
-    def d_forward(self, image: torch.Tensor, labels: torch.Tensor, noise_std: float = 0.0) -> torch.Tensor:
+    def d_forward(self, image: torch.Tensor, labels: torch.Tensor, noise_std: float = 0.0,
+                  train_d: bool = False) -> torch.Tensor:
         """D's logits for ``image`` and a label map. The image is shifted by ``d_image_offset`` first:
         with CT scaled to [-1, 1], water-like tissue (bladder) is ~0 and ``x * y`` would hide it from D.
-        ``noise_std``: instance noise, Gaussian noise added to D's input (D's own updates only)."""
+        ``noise_std``: instance noise, Gaussian noise added to D's input (D's own updates only).
+        ``train_d``: D's own update (through its DDP wrapper under torchrun); otherwise D itself, frozen
+        in S's step, so the wrapper never waits for gradients D does not get there."""
         shifted = image + self.cfg.adversarial.d_image_offset
         d_in = build_discriminator_input(self.d_input_kind, shifted, labels)
         if noise_std > 0:
             d_in = d_in + noise_std * torch.randn_like(d_in)
-        return self.D(d_in)
+        return (self.train_net("D") if train_d else self.D)(d_in)
 
     def segmenter_losses(
         self, batch: dict[str, torch.Tensor], unl: dict[str, torch.Tensor] | None
     ) -> tuple[dict[str, torch.Tensor], dict[str, float], torch.Tensor]:
         """Hook: S's loss terms. Returns (weighted terms, extra logs, fake label map of the labeled batch)."""
         a = self.cfg.adversarial
-        out = self.model(batch["image"])
+        out = self.train_net("S")(batch["image"])
         terms = {"loss_vox": self.loss_vox(out, batch["label"])}
         fake = self.fake_labels(main_logits(out))
         terms["loss_adv"] = adversarial_loss_s(self.d_forward(batch["image"], fake))
         weights = {"loss_vox": 1.0, "loss_adv": a.lambda_adv}
         logs: dict[str, float] = {}
         if unl is not None:
-            logits_u = main_logits(self.model(unl["image"]))
+            logits_u = main_logits(self.train_net("S")(unl["image"]))
             d_u = self.d_forward(unl["image"], self.fake_labels(logits_u))
             terms["loss_adv_u"] = adversarial_loss_s(d_u)
             weights["loss_adv_u"] = a.lambda_adv_unlabeled
@@ -208,7 +215,7 @@ class AdversarialTrainer(Trainer):
         logs["unlabeled"] = int(unl is not None)
         logs.update(d_logs)
         warning = self.monitor.update(d_logs["loss_d"], d_logs["d_real"], d_logs["d_fake"])
-        if warning:
+        if warning and self.is_main:
             # One line on stderr (logging's last-resort handler), not a Python warning with source lines.
             logger.warning("warning: iteration %d: %s", self.iteration + 1, warning)
         return logs
@@ -219,8 +226,8 @@ class AdversarialTrainer(Trainer):
         real = onehot(batch["label"], self.data.num_classes, dtype=fake.dtype)
         real_target = 1.0 - a.d_label_smoothing
         with self.autocast():
-            d_real = self.d_forward(batch["image"], real, a.d_instance_noise)
-            d_fake = self.d_forward(batch["image"], fake, a.d_instance_noise)
+            d_real = self.d_forward(batch["image"], real, a.d_instance_noise, train_d=True)
+            d_fake = self.d_forward(batch["image"], fake, a.d_instance_noise, train_d=True)
             fake_target: float | torch.Tensor = 0.0
             if a.d_target == "errors":
                 # a voxel of S's map is fake only where S's label differs from the truth
@@ -305,6 +312,14 @@ class AdversarialTrainer(Trainer):
                             self.cfg.adversarial.mask_source)
 
     # -- state ---------------------------------------------------------------------------------------
+    def validation_state(self) -> dict[str, Any]:
+        """Rank 0's validation also decides the threshold in use (``t_semi: auto``)."""
+        return {**super().validation_state(), "t_semi": self.t_semi}
+
+    def load_validation_state(self, state: dict[str, Any]) -> None:
+        super().load_validation_state(state)
+        self.t_semi = float(state["t_semi"])
+
     def extra_state(self) -> dict[str, Any]:
         return {"coin": to_plain(self.coin.bit_generator.state),
                 "monitor": to_plain(self.monitor.state_dict()),

@@ -73,12 +73,12 @@ class FusionTrainer(AdversarialTrainer):
     def segmenter_losses(
         self, batch: dict[str, torch.Tensor], unl: dict[str, torch.Tensor] | None
     ) -> tuple[dict[str, torch.Tensor], dict[str, float], torch.Tensor]:
-        out = self.model(batch["image"])
+        out = self.train_net("S")(batch["image"])
         terms = {"loss_vox": self.loss_vox(out, batch["label"])}
         self._weights = {"loss_vox": 1.0}
         logs: dict[str, float] = {}
         if unl is not None:
-            logits_u = main_logits(self.model(unl["image"]))
+            logits_u = main_logits(self.train_net("S")(unl["image"]))
             target, took_noisy = self.pseudo_label(unl["image"], logits_u)
             terms["loss_semi"] = F.cross_entropy(logits_u.float(), target)
             self._weights["loss_semi"] = self.cfg.adversarial.lambda_semi
@@ -93,7 +93,7 @@ class FusionTrainer(AdversarialTrainer):
         std = self.cfg.adversarial.mask_poison_std
         truth = mask_poisoning(onehot(batch["label"], self.data.num_classes, dtype=fake.dtype), std)
         with self.autocast():
-            logit = self.D(batch["image"], truth, mask_poisoning(fake, std))
+            logit = self.train_net("D")(batch["image"], truth, mask_poisoning(fake, std))
             loss_d = fusion_discriminator_loss(logit)
         self.check_finite({"loss_d": loss_d})
         self.step_optimizer("D", loss_d)

@@ -51,7 +51,7 @@ class KohlTrainer(AdversarialTrainer):
     ) -> tuple[dict[str, torch.Tensor], dict[str, float], torch.Tensor]:
         """``-log D(x, S(x))`` on the labeled batch (plus ``L_mce / 2`` when hybrid). ``unl`` is unused:
         Kohl et al. is fully supervised (``adversarial.semi: false``)."""
-        out = self.model(batch["image"])
+        out = self.train_net("S")(batch["image"])
         logits = main_logits(out)
         fake = self.fake_labels(logits)
         terms = {"loss_adv": pure_adversarial_loss(self.d_forward(batch["image"], fake))}

@@ -63,7 +63,7 @@ class MeanTeacherTrainer(Trainer):
         self.teacher.train()
         weight = self.cfg.mean_teacher.consistency * sigmoid_rampup(self.iteration, self.rampup_length)
         with self.autocast():
-            out = self.model(self._noise(x))
+            out = self.train_net("S")(self._noise(x))
             loss_vox = self.loss_vox(_head(out, n), batch["label"])
             with torch.no_grad():
                 t_logits = main_output(self.teacher(self._noise(x)))

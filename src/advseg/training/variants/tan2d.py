@@ -60,7 +60,7 @@ class Tan2DTrainer(AdversarialTrainer):
         """L_vox alone during the supervised phase; the pelvic study's terms afterwards."""
         if not self.in_pretraining():
             return super().segmenter_losses(batch, unl)
-        out = self.model(batch["image"])
+        out = self.train_net("S")(batch["image"])
         self._weights = {"loss_vox": 1.0}
         fake = self.fake_labels(main_logits(out)).detach()
         return {"loss_vox": self.loss_vox(out, batch["label"])}, {}, fake

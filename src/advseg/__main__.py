@@ -1,0 +1,3 @@
+from advseg.cli.main import main
+
+main()
