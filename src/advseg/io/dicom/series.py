@@ -321,7 +321,8 @@ def _interpolate_slices(values: np.ndarray, positions: np.ndarray, grid: np.ndar
     """Linear interpolation along axis 0 from irregular ``positions`` to ``grid`` (both mm, increasing)."""
     hi = np.clip(np.searchsorted(positions, grid, side="right"), 1, len(positions) - 1)
     lo = hi - 1
-    w = ((grid - positions[lo]) / (positions[hi] - positions[lo])).clip(0, 1)[:, None, None]
+    w = ((grid - positions[lo]) / (positions[hi] - positions[lo])).clip(0, 1)
+    w = np.where(w < 1e-6, 0.0, np.where(w > 1 - 1e-6, 1.0, w))[:, None, None]  # on a slice: its values
     return values[lo] * (1 - w) + values[hi] * w
 
 
