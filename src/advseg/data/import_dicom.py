@@ -29,7 +29,7 @@ from advseg.errors import InputError
 from advseg.io import Volume, write_volume
 from advseg.io.dicom.names import load_synonyms, match_rois, parse_structures
 from advseg.io.dicom.rtstruct import StructureSet, rasterise_roi, read_rtstruct
-from advseg.io.dicom.series import CTSeries, build_series, scan_folder
+from advseg.io.dicom.series import CTSeries, build_series, scan_folder, series_order
 
 # Without --structures: advseg's pelvic organs (the phantom's classes), found through the synonyms.
 DEFAULT_STRUCTURES = ("prostate", "bladder", "rectum", "left_femur", "right_femur")
@@ -135,7 +135,7 @@ def import_dicom(
     result.warnings += scan.warnings
     if not scan.ct:
         raise InputError(root, "no DICOM CT series in this folder tree (only RTSTRUCTs)")
-    series = {uid: build_series(files, resample=resample) for uid, files in sorted(scan.ct.items())}
+    series = {uid: build_series(scan.ct[uid], resample=resample) for uid in series_order(scan)}
     for s in series.values():
         result.warnings += s.warnings
     structure_sets = [read_rtstruct(f.path, f.ds) for f in scan.rtstructs]

@@ -183,7 +183,7 @@ def predict_dicom(
 ) -> list[Path]:
     """Segment every CT series under the DICOM folder ``input`` into the folder ``output``.
 
-    Per series (cases ``case_000``, ... in SeriesInstanceUID order; no patient identifier in names):
+    Per series (cases ``case_000``, ... in folder order; no patient identifier in names):
     ``<case>.nii.gz`` (label map, the series' geometry), with ``rtstruct`` ``<case>_RTSTRUCT.dcm``
     (:func:`advseg.io.dicom.rtstruct.write_rtstruct`: one ROI per organ, named as the run's
     labels), with ``dicom_seg`` ``<case>_SEG.dcm`` (:func:`advseg.io.dicom.seg.write_seg`), and

@@ -9,6 +9,7 @@ Structure"; algorithm type AUTOMATIC, family "Artificial Intelligence".
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,17 @@ def write_seg(
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
         ))
-    seg = hd.seg.Segmentation(
+    with warnings.catch_warnings():  # highdicom's note on a one-part PatientName copied from the CT
+        warnings.filterwarnings("ignore", message=".*intended person name.*")
+        seg = _segmentation(hd, series, label_map, descriptions, software_version)
+    path = Path(path)
+    with atomic_path(path, suffix=".dcm") as tmp:
+        seg.save_as(tmp)
+    return seg
+
+
+def _segmentation(hd, series: CTSeries, label_map: np.ndarray, descriptions: list, software_version: str):
+    return hd.seg.Segmentation(
         source_images=series.headers,
         pixel_array=label_map,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -81,7 +92,3 @@ def write_seg(
         device_serial_number="0",
         series_description="advseg auto-segmentation",
     )
-    path = Path(path)
-    with atomic_path(path, suffix=".dcm") as tmp:
-        seg.save_as(tmp)
-    return seg

@@ -326,13 +326,19 @@ def _interpolate_slices(values: np.ndarray, positions: np.ndarray, grid: np.ndar
     return values[lo] * (1 - w) + values[hi] * w
 
 
+def series_order(scan: Scan) -> list[str]:
+    """SeriesInstanceUIDs in the order of their first file in the folder tree (sorted paths): the
+    order a user sees in a file browser, and stable for one folder."""
+    return sorted(scan.ct, key=lambda uid: min(str(f.path) for f in scan.ct[uid]))
+
+
 def read_series_folder(path: str | Path, resample: bool = False) -> list[CTSeries]:
-    """Every CT series under ``path``, checked, in a stable order (by SeriesInstanceUID)."""
+    """Every CT series under ``path``, checked, in :func:`series_order`."""
     scan = scan_folder(path)
     if not scan.ct:
         raise InputError(path, "no DICOM CT images in this folder tree")
     out = []
-    for uid in sorted(scan.ct):
+    for uid in series_order(scan):
         s = build_series(scan.ct[uid], resample=resample)
         s.warnings[:0] = scan.warnings if not out else []
         out.append(s)
