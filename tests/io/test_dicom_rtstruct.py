@@ -135,3 +135,22 @@ def test_plastimatch_rasterises_our_rtstruct_back(phantom_series, series, phanto
         np.testing.assert_allclose(img.affine, phantom_ct.affine, atol=1e-3)
         mask = np.asarray(img.dataobj).transpose(2, 1, 0) > 0
         assert dsc(mask, phantom_ct.label == k) > 0.95, name
+
+
+def test_plastimatch_keeps_holes_and_islands_in_holes(phantom_series, series, tmp_path) -> None:
+    """Separate hole contours came back filled from plastimatch (it ORs contours); keyholes do not."""
+    tool = needs("plastimatch")
+    labels = np.zeros(series.shape, np.uint8)
+    labels[3, 0:30, 0:30] = 1  # touches the image corner
+    labels[3, 10:20, 10:20] = 0  # a hole
+    labels[5, 10:40, 10:40] = 1
+    labels[5, 15:35, 15:35] = 0
+    labels[5, 20:25, 20:25] = 1  # an island in the hole
+    write_rtstruct(tmp_path / "RS.dcm", labels, {1: "organ"}, series)
+    ss = read_rtstruct(tmp_path / "RS.dcm")
+    assert len([c for c in ss.rois[0].contours if c.image_uids == [series.sop_uids[3]]]) == 1  # keyholed
+    np.testing.assert_array_equal(rasterise_roi(ss.rois[0], series, "RS.dcm", []), labels == 1)
+    run_tool(tool, "convert", "--input", tmp_path / "RS.dcm", "--referenced-ct", phantom_series,
+             "--output-prefix", tmp_path / "masks", "--prefix-format", "nii.gz")
+    back = np.asarray(nib.load(tmp_path / "masks" / "organ.nii.gz").dataobj).transpose(2, 1, 0) > 0
+    np.testing.assert_array_equal(back, labels == 1)

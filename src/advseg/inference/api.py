@@ -221,12 +221,15 @@ def predict_dicom(
         if pred.confidence is not None:
             write_volume(confidence_path(target), pred.confidence, np.float32)
         entry = {**s.index(), "labels": target.name}
-        if rtstruct:
+        if (rtstruct or dicom_seg) and not pred.labels.array.any():
+            print(f"warning: {name} (series {s.series_uid}): no organ predicted; no RTSTRUCT/SEG written",
+                  file=sys.stderr)
+        elif rtstruct:
             from advseg.io.dicom.rtstruct import write_rtstruct
 
             ds = write_rtstruct(output / f"{name}_RTSTRUCT.dcm", pred.labels.array, label_names, s)
             entry["RTSTRUCT"] = {"file": f"{name}_RTSTRUCT.dcm", "SOPInstanceUID": str(ds.SOPInstanceUID)}
-        if dicom_seg:
+        if dicom_seg and pred.labels.array.any():
             from advseg.io.dicom.seg import write_seg
 
             ds = write_seg(output / f"{name}_SEG.dcm", pred.labels.array, label_names, s)

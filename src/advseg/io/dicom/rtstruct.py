@@ -10,8 +10,9 @@ test of pixel centres) and the fills of one slice are XOR-ed.
 
 Writing: per organ and slice, :func:`skimage.measure.find_contours` at level 0.5 of the binary mask
 (padded by one pixel, so every contour closes) gives polygons through the midpoints between inside
-and outside pixel centres; with the even-odd rule they rasterise back to the same pixels. Holes come
-out as separate contours (even-odd), the form DICOM allows and TPSs import.
+and outside pixel centres; with the even-odd rule they rasterise back to the same pixels. Holes are
+written as keyholes joined to their outline (:func:`_keyhole`), since not every reader XORs
+separate contours.
 """
 
 from __future__ import annotations
@@ -160,7 +161,8 @@ def rasterise_roi(roi: Roi, series: CTSeries, path: str | Path, warnings: list[s
 
 
 def _slice_contours(mask: np.ndarray) -> list[np.ndarray]:
-    """Closed polygons ``(N, 2)`` of (row, column) pixel coordinates around a 2D binary mask."""
+    """Closed polygons ``(N, 2)`` of (row, column) pixel coordinates around a 2D binary mask, each
+    hole joined to the outline around it by a keyhole cut (:func:`_keyhole`)."""
     from skimage.measure import find_contours
 
     out = []
@@ -168,6 +170,37 @@ def _slice_contours(mask: np.ndarray) -> list[np.ndarray]:
         c = c[:-1] - 1.0 if np.allclose(c[0], c[-1]) else c - 1.0
         if len(c) >= 3:
             out.append(c)
+    return _keyhole(out)
+
+
+def _keyhole(contours: list[np.ndarray]) -> list[np.ndarray]:
+    """Join each hole to the outline that directly encloses it: one polygon that runs from the
+    outline's vertex nearest the hole along a zero-width cut, around the hole and back.
+
+    Why: readers differ on separate hole contours. An even-odd reader (advseg) makes a hole of a
+    contour inside another, but plastimatch (measured: an 11 x 11 hole in a 21 x 21 square came back
+    filled, 121 extra voxels) and TPSs that OR their contours fill it. A keyhole polygon comes out
+    right under either rule. Contours of one level set never cross, so nesting depth (how many
+    others contain a contour's first vertex) tells outlines (even) from holes (odd).
+    """
+    from skimage.measure import points_in_poly
+
+    n = len(contours)
+    if n < 2:
+        return contours
+    firsts = np.array([c[0] for c in contours])
+    contains = np.array([points_in_poly(firsts, c) for c in contours])  # [i, j]: i encloses j
+    np.fill_diagonal(contains, False)
+    depth = contains.sum(axis=0)
+    out = []
+    for i in np.flatnonzero(depth % 2 == 0):
+        poly = contours[i]
+        for j in np.flatnonzero(contains[i] & (depth == depth[i] + 1)):
+            hole = contours[j]
+            d = ((poly[:, None, :] - hole[None, :, :]) ** 2).sum(-1)
+            a, b = np.unravel_index(int(d.argmin()), d.shape)
+            poly = np.concatenate([poly[: a + 1], hole[b:], hole[: b + 1], poly[a:]])
+        out.append(poly)
     return out
 
 
