@@ -144,6 +144,24 @@ class AdversarialConfig:
 
 
 @dataclass
+class MeanTeacherConfig:
+    """Mean Teacher (Tarvainen & Valpola 2017), the semi-supervised baseline without a discriminator.
+
+    The teacher is an exponential moving average of S's weights; S is also trained to agree with it
+    (mean squared difference of the softmax maps) on labeled and unlabeled patches, each network
+    seeing its own Gaussian noise on the input. The consistency weight ramps up with
+    ``consistency * exp(-5 (1 - t / rampup_iterations)^2)``.
+    """
+
+    enabled: bool = False
+    ema_decay: float = 0.99  # alpha; min(1 - 1/(t + 1), alpha) early on, so the teacher starts as S
+    consistency: float = 0.1  # lambda_cons at the end of the ramp-up
+    rampup_iterations: int | None = None  # None: 40 % of train.iterations
+    noise_std: float = 0.1  # Gaussian input noise (normalised intensity units), drawn per network
+    noise_clip: float = 0.2  # |noise| clipped to this
+
+
+@dataclass
 class TrainConfig:
     iterations: int = 40000
     batch_size: int = 2
@@ -190,11 +208,17 @@ class Config:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    mean_teacher: MeanTeacherConfig = field(default_factory=MeanTeacherConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def uses_unlabeled(self) -> bool:
+        """Whether the method trains on unlabeled images (semi-adversarial or Mean Teacher)."""
+        return self.adversarial.semi or self.mean_teacher.enabled
 
     def save(self, path: str | Path) -> None:
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))

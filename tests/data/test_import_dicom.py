@@ -152,7 +152,7 @@ def test_missing_slice_is_an_error_unless_resampled(export: Path, tmp_path: Path
 
 
 def test_output_inside_the_input_or_not_empty_is_refused(export: Path, tmp_path: Path) -> None:
-    _refuses(export, export / "ds", "overlaps the input")
+    _refuses(export, export / "ds", "output lies inside the input")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("keep me")
     with pytest.raises(InputError, match="not an empty folder"):

@@ -30,6 +30,7 @@ from advseg.io import Volume, write_volume
 from advseg.io.dicom.names import load_synonyms, match_rois, parse_structures
 from advseg.io.dicom.rtstruct import StructureSet, rasterise_roi, read_rtstruct
 from advseg.io.dicom.series import CTSeries, build_series, scan_folder, series_order
+from advseg.io.guard import refuse_overlap
 
 # Without --structures: advseg's pelvic organs (the phantom's classes), found through the synonyms.
 DEFAULT_STRUCTURES = ("prostate", "bladder", "rectum", "left_femur", "right_femur")
@@ -44,10 +45,8 @@ class ImportResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def _check_out(root: Path, out: Path) -> None:
-    r, o = root.resolve(), out.resolve()
-    if o == r or r in o.parents or o in r.parents:
-        raise InputError(out, f"output overlaps the input folder {root}; choose a folder outside it")
+def _check_out(root: Path, out: Path, synonyms: str | Path | None) -> None:
+    refuse_overlap([out], [root, synonyms])  # before anything is read
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(out, "output exists and is not an empty folder (nothing is overwritten)")
 
@@ -126,7 +125,7 @@ def import_dicom(
         structure that an RTSTRUCT has no ROI for.
     """
     root, out = Path(root), Path(out)
-    _check_out(root, out)
+    _check_out(root, out, synonyms)
     wanted = parse_structures(structures, DEFAULT_STRUCTURES)
     table = load_synonyms(synonyms)
     labels = {0: "background", **{i + 1: name for i, name in enumerate(wanted)}}

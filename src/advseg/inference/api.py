@@ -26,6 +26,7 @@ from advseg.inference.sliding import flip_tta, predict_logits
 from advseg.io import Volume, read_volume, strip_suffix, write_volume
 from advseg.io.atomic import atomic_write_text
 from advseg.io.dicom.series import is_dicom_folder
+from advseg.io.guard import check_output_dir, check_output_file, record_outputs, refuse_overlap
 from advseg.networks.factory import build_network, to_channels_last
 from advseg.training.checkpoint import load_checkpoint
 from advseg.training.trainer import resolve_device
@@ -180,6 +181,7 @@ def predict_dicom(
     resample: bool = False,
     save_confidence: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Segment every CT series under the DICOM folder ``input`` into the folder ``output``.
 
@@ -188,15 +190,16 @@ def predict_dicom(
     (:func:`advseg.io.dicom.rtstruct.write_rtstruct`: one ROI per organ, named as the run's
     labels), with ``dicom_seg`` ``<case>_SEG.dcm`` (:func:`advseg.io.dicom.seg.write_seg`), and
     ``dicom_index.json`` mapping each case to its series' UIDs and the files written. Every series
-    is read and checked before anything is written. Returns the label files.
+    is read and checked before anything is written; ``output`` follows :mod:`advseg.io.guard` (never
+    the input, inside it or around it; a new, empty or earlier ``predict`` folder unless
+    ``overwrite``). Returns the label files.
     """
     from advseg.io.dicom.series import read_series_folder
 
-    r, o = input.resolve(), output.resolve()
-    if o == r or r in o.parents or o in r.parents:
-        raise InputError(output, f"output overlaps the input folder {input}; choose a folder outside it")
+    refuse_overlap([output], [input])
     if output.exists() and not output.is_dir():
         raise InputError(output, "for DICOM input, OUTPUT must be a folder")
+    check_output_dir(output, "predict", overwrite)
     if model.cfg.network.in_channels != 1:
         raise InputError(input, f"the model needs {model.cfg.network.in_channels} channels; a CT series is one")
     series = read_series_folder(input, resample=resample)
@@ -213,6 +216,13 @@ def predict_dicom(
     label_names = {k: v for k, v in model.labels.items()} or {
         k: f"label_{k}" for k in range(model.cfg.network.out_channels)
     }
+    planned = [output / "dicom_index.json"]
+    for name in names:
+        planned += [output / f"{name}.nii.gz", *(output / f"{name}_{k}.dcm" for k, on in
+                                                 (("RTSTRUCT", rtstruct), ("SEG", dicom_seg)) if on)]
+        if save_confidence:
+            planned.append(confidence_path(output / f"{name}.nii.gz"))
+    record_outputs(output, "predict", planned)
     written, index = [], {}
     for name, s in names.items():
         pred = model.predict_volume(volumes[name], with_confidence=save_confidence)
@@ -254,6 +264,7 @@ def predict_path(
     save_confidence: bool = False,
     device: str = "auto",
     progress: bool = True,
+    overwrite: bool = False,
     rtstruct: bool = False,
     dicom_seg: bool = False,
     resample: bool = False,
@@ -263,8 +274,14 @@ def predict_path(
 
     All inputs are read and checked before anything is written. For a single file, ``output`` may
     be a file name (``*.nii.gz``) or a folder. Returns the written label files.
+
+    ``output`` may not be, lie inside, or contain ``input`` (nor be or contain ``model_dir``; a
+    folder inside the run folder is fine), checked before anything is read. An output folder must be
+    new, empty, or hold only earlier ``advseg predict`` outputs (see :mod:`advseg.io.guard`); an
+    existing output file, or a folder with other files, needs ``overwrite=True``.
     """
     input, output = Path(input), Path(output)
+    refuse_overlap([output], [input], hosts=[model_dir])
     dicom_input = input.is_dir() and not _nifti_files(input) and is_dicom_folder(input)
     if (rtstruct or dicom_seg) and not dicom_input:
         flag = "--rtstruct" if rtstruct else "--dicom-seg"
@@ -272,7 +289,7 @@ def predict_path(
     model = load_model(model_dir, checkpoint, device, mode=mode, tta_flip=tta, keep_largest=keep_largest)
     if dicom_input:
         return predict_dicom(model, input, output, rtstruct=rtstruct, dicom_seg=dicom_seg, resample=resample,
-                             save_confidence=save_confidence, progress=progress)
+                             save_confidence=save_confidence, progress=progress, overwrite=overwrite)
     cases = _inputs(input)
     n_channels = model.cfg.network.in_channels
     for name, files in cases.items():
@@ -286,6 +303,16 @@ def predict_path(
                 raise InputError(f, "image contains NaN or Inf values")
     single_file = input.is_file() and output.name.endswith((".nii.gz", ".nii"))
     targets = {name: output if single_file else output / f"{name}.nii.gz" for name in cases}
+    if single_file:
+        check_output_file(output, overwrite)
+        if save_confidence:
+            check_output_file(confidence_path(output), overwrite)
+    else:
+        check_output_dir(output, "predict", overwrite)
+        written = list(targets.values())
+        if save_confidence:
+            written += [confidence_path(t) for t in targets.values()]
+        record_outputs(output, "predict", written)
     return predict_cases(model, cases, targets, save_confidence=save_confidence, progress=progress)
 
 

@@ -31,6 +31,7 @@ from advseg.data.splits import labeled_subset, load_or_create_splits, unlabeled_
 from advseg.data.validate import validate_dataset
 from advseg.errors import InputError
 from advseg.io.atomic import atomic_write_text
+from advseg.io.guard import refuse_overlap
 from advseg.training.trainer import BatchSource, TrainData, TrainingDiverged
 from advseg.transforms.augment import build_augmentation
 
@@ -62,7 +63,7 @@ def select_cases(cfg: Config, index: DatasetIndex, splits_path: Path) -> dict[st
         count=cfg.train.labeled_count,
         seed=cfg.train.seed,
     )
-    withheld = unlabeled_complement(train, labeled) if cfg.adversarial.semi else []
+    withheld = unlabeled_complement(train, labeled) if cfg.uses_unlabeled else []
     val = list(fold["val"])
     if cfg.train.val_cases:
         val = val[: cfg.train.val_cases]
@@ -99,6 +100,7 @@ def prepare_training(
 ) -> tuple[Config, TrainData, dict[str, Any]]:
     """Validate the inputs, preprocess (cached) and build the batch sources. Writes nothing in ``out``."""
     out = Path(out)
+    refuse_overlap([out], [data, *(unlabeled or [])])
     _check_out(out, resume)
     if cfg is None:
         cfg = load_config(out / "config.yaml")
@@ -108,7 +110,7 @@ def prepare_training(
 
     cache_root = default_cache_root(cfg.data)
     selection = select_cases(cfg, index, splits_path(cache_root, index, cfg))
-    extra_unlabeled = [c.name for c in index.unlabeled] if cfg.adversarial.semi else []
+    extra_unlabeled = [c.name for c in index.unlabeled] if cfg.uses_unlabeled else []
     with_labels = set(selection["labeled"]) | set(selection["val"])
     wanted = sorted(with_labels | set(selection["unlabeled_withheld"]) | set(extra_unlabeled))
     pre = preprocess_dataset(
@@ -149,7 +151,7 @@ def prepare_training(
     )
     unl_names = selection["unlabeled_withheld"] + extra_unlabeled
     unlabeled_src = None
-    if cfg.adversarial.semi and unl_names:
+    if cfg.uses_unlabeled and unl_names:
         u_imgs, _ = load(unl_names, False)
         augment_u = build_augmentation(
             cfg.augment, spatial_dims=spatial_dims, seed=cfg.train.seed + 1, swap_labels_on_flip=pairs
@@ -158,7 +160,7 @@ def prepare_training(
             PatchDataset(u_imgs, None, patch, 0.0, augment_u, seed=cfg.train.seed + 1, names=unl_names),
             cfg.train.batch_size,
         )
-    elif cfg.adversarial.semi:
+    elif cfg.uses_unlabeled:
         raise InputError(
             data,
             "semi-supervised training needs unlabeled images: none found "
