@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from dicom_testing import PhantomCT, make_phantom
 
 REPO = Path(__file__).resolve().parents[1]

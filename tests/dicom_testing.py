@@ -37,7 +37,9 @@ def needs(tool: str) -> str:
 
 def run_tool(*args: str | Path) -> subprocess.CompletedProcess:
     res = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, f"{args[0]} failed ({res.returncode}):\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
+    assert res.returncode == 0, (
+        f"{args[0]} failed ({res.returncode}):\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
+    )
     return res
 
 
@@ -52,5 +54,7 @@ def make_phantom(folder: Path, seed: int = 1, shape=SHAPE) -> PhantomCT:
     write_volume(folder / "ct.nii.gz", Volume(image, affine), np.int16)
     for k, name in LABELS.items():
         if k:
-            write_volume(folder / "masks" / f"{name}.nii.gz", Volume((label == k).astype(np.uint8), affine), np.uint8)
+            write_volume(
+                folder / "masks" / f"{name}.nii.gz", Volume((label == k).astype(np.uint8), affine), np.uint8
+            )
     return PhantomCT(folder / "ct.nii.gz", folder / "masks", image, label, affine)

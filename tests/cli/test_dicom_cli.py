@@ -11,7 +11,6 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from dicom_testing import PhantomCT, dsc, needs, run_tool
 from typer.testing import CliRunner
 
 from advseg.cli.main import app
@@ -20,8 +19,8 @@ from advseg.io import Volume, read_volume
 from advseg.io.dicom.ctwrite import write_ct_series
 from advseg.io.dicom.rtstruct import write_rtstruct
 from advseg.io.dicom.series import read_series_folder
-
 from conftest import SHARED_DATA
+from dicom_testing import PhantomCT, dsc, needs, run_tool
 
 runner = CliRunner()
 
@@ -35,15 +34,25 @@ def test_import_dicom_command(phantom_series: Path, phantom_ct: PhantomCT, tmp_p
     shutil.copytree(phantom_series, root / "CT")
     series = read_series_folder(root / "CT")[0]
     write_rtstruct(root / "RS.dcm", phantom_ct.label, {1: "Prostate", 2: "Blase", 3: "Rectum"}, series)
-    res = runner.invoke(app, ["import-dicom", str(root), str(tmp_path / "ds"),
-                              "--structures", "Prostate=prostate,Blase=bladder,Rectum=rectum"])
+    res = runner.invoke(
+        app,
+        [
+            "import-dicom",
+            str(root),
+            str(tmp_path / "ds"),
+            "--structures",
+            "Prostate=prostate,Blase=bladder,Rectum=rectum",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "1 labeled and 0 unlabeled" in res.output and "2 bladder" in res.output
     res = runner.invoke(app, ["validate", str(tmp_path / "ds")])
     assert res.exit_code == 0, res.output
 
 
-def test_import_dicom_bad_input_is_one_line_exit_2_nothing_written(phantom_series: Path, tmp_path: Path) -> None:
+def test_import_dicom_bad_input_is_one_line_exit_2_nothing_written(
+    phantom_series: Path, tmp_path: Path
+) -> None:
     root = tmp_path / "export"
     shutil.copytree(phantom_series, root / "CT")
     (root / "CT" / "CT_0004.dcm").unlink()
@@ -63,8 +72,10 @@ def dicom_run(tiny_phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     from advseg.training.api import train_run
 
     out = tmp_path_factory.mktemp("dicom_run") / "run"
-    cfg = apply_overrides(load_preset("res_unet+tiny"),
-                          ["train.iterations=200", "train.val_every=0", "train.checkpoint_every=200"])
+    cfg = apply_overrides(
+        load_preset("res_unet+tiny"),
+        ["train.iterations=200", "train.val_every=0", "train.checkpoint_every=200"],
+    )
     train_run(cfg, tiny_phantom, out, progress=False)
     return out
 
@@ -108,8 +119,18 @@ def test_predicted_rtstruct_passes_dciodvfy_and_plastimatch_rasterises_it_back(
     assert res.exit_code == 0, res.output
     report = run_tool(dciodvfy, out / "case_000_RTSTRUCT.dcm")
     assert [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")] == []
-    run_tool(plastimatch, "convert", "--input", out / "case_000_RTSTRUCT.dcm", "--referenced-ct", phantom_series,
-             "--output-prefix", tmp_path / "back", "--prefix-format", "nii.gz")
+    run_tool(
+        plastimatch,
+        "convert",
+        "--input",
+        out / "case_000_RTSTRUCT.dcm",
+        "--referenced-ct",
+        phantom_series,
+        "--output-prefix",
+        tmp_path / "back",
+        "--prefix-format",
+        "nii.gz",
+    )
     labels = read_volume(out / "case_000.nii.gz").array
     rs = pydicom.dcmread(out / "case_000_RTSTRUCT.dcm")
     names = [r.ROIName for r in rs.StructureSetROISequence]
@@ -120,9 +141,12 @@ def test_predicted_rtstruct_passes_dciodvfy_and_plastimatch_rasterises_it_back(
         assert dsc(back, labels == value) > 0.95, name
 
 
-def test_an_empty_prediction_warns_and_writes_no_rtstruct(tiny_run: Path, phantom_series: Path,
-                                                         tmp_path: Path) -> None:
-    res = _predict_rtstruct(tiny_run, phantom_series, tmp_path / "pred", "--dicom-seg")  # 4 iterations: nothing
+def test_an_empty_prediction_warns_and_writes_no_rtstruct(
+    tiny_run: Path, phantom_series: Path, tmp_path: Path
+) -> None:
+    res = _predict_rtstruct(
+        tiny_run, phantom_series, tmp_path / "pred", "--dicom-seg"
+    )  # 4 iterations: nothing
     assert res.exit_code == 0, res.output
     if read_volume(tmp_path / "pred" / "case_000.nii.gz").array.any():
         pytest.skip("the 4-iteration run predicted an organ here; nothing to check")
@@ -136,7 +160,9 @@ def test_rtstruct_needs_dicom_input(tiny_run: Path, phantom_ct: PhantomCT, tmp_p
     assert not (tmp_path / "out.nii.gz").exists()
 
 
-def test_predict_refuses_a_bad_series_before_writing(tiny_run: Path, phantom_series: Path, tmp_path: Path) -> None:
+def test_predict_refuses_a_bad_series_before_writing(
+    tiny_run: Path, phantom_series: Path, tmp_path: Path
+) -> None:
     root = tmp_path / "in"
     shutil.copytree(phantom_series, root)
     ds = pydicom.dcmread(root / "CT_0006.dcm")

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dicom_testing import PhantomCT, dsc, make_phantom, needs, run_tool
 
 from advseg.data.dataset import load_dataset
 from advseg.data.import_dicom import import_dicom
@@ -20,6 +19,7 @@ from advseg.io import Volume, read_volume
 from advseg.io.dicom.ctwrite import write_ct_series
 from advseg.io.dicom.rtstruct import write_rtstruct
 from advseg.io.dicom.series import read_series_folder
+from dicom_testing import PhantomCT, dsc, make_phantom, needs, run_tool
 
 # How a TPS might name the phantom's organs.
 TPS_NAMES = {0: "background", 1: "PROSTATE", 2: "Bladder", 3: "Rectum", 4: "Femur_L", 5: "FemoralHead_Rt"}
@@ -33,8 +33,11 @@ def export(phantom_series: Path, phantom_ct: PhantomCT, tmp_path: Path) -> Path:
     shutil.copytree(phantom_series, root / "PAT001" / "CT")
     series = read_series_folder(root / "PAT001" / "CT")[0]
     write_rtstruct(root / "PAT001" / "RS.dcm", phantom_ct.label, TPS_NAMES, series)
-    write_ct_series(root / "PAT002" / "CT", Volume(phantom_ct.image[:, ::-1].copy(), phantom_ct.affine),
-                    patient_id="PAT002")
+    write_ct_series(
+        root / "PAT002" / "CT",
+        Volume(phantom_ct.image[:, ::-1].copy(), phantom_ct.affine),
+        patient_id="PAT002",
+    )
     (root / "PAT001" / "notes.txt").write_text("exported 2024")
     return root
 
@@ -56,7 +59,10 @@ def test_import_writes_an_msd_dataset_with_labels_and_an_unlabeled_pool(
     np.testing.assert_array_equal(lab.array, phantom_ct.label)  # synonyms found every organ
     meta = json.loads((out / "dicom_index.json").read_text())
     entry = meta[case.name]
-    assert entry["SeriesInstanceUID"] == pydicom.dcmread(export / "PAT001" / "CT" / "CT_0000.dcm").SeriesInstanceUID
+    assert (
+        entry["SeriesInstanceUID"]
+        == pydicom.dcmread(export / "PAT001" / "CT" / "CT_0000.dcm").SeriesInstanceUID
+    )
     assert entry["RTSTRUCT"]["SOPInstanceUID"] == pydicom.dcmread(export / "PAT001" / "RS.dcm").SOPInstanceUID
     assert entry["RTSTRUCT"]["rois"]["left_femur"] == ["Femur_L"]
     assert "PAT001" not in (out / "dicom_index.json").read_text()  # no patient identifier by default
@@ -83,8 +89,16 @@ def test_plastimatch_ct_and_rtstruct_import_with_the_phantom_geometry(tmp_path: 
     tool = needs("plastimatch")
     ph = make_phantom(tmp_path / "phantom", seed=4)
     run_tool(tool, "convert", "--input", ph.nifti, "--output-dicom", tmp_path / "export" / "ct")
-    run_tool(tool, "convert", "--input-prefix", ph.masks, "--referenced-ct", tmp_path / "export" / "ct",
-             "--output-dicom", tmp_path / "export" / "rs")
+    run_tool(
+        tool,
+        "convert",
+        "--input-prefix",
+        ph.masks,
+        "--referenced-ct",
+        tmp_path / "export" / "ct",
+        "--output-dicom",
+        tmp_path / "export" / "rs",
+    )
     result = import_dicom(tmp_path / "export", tmp_path / "ds")
     assert len(result.labeled) == 1 and not result.unlabeled
     img = read_volume(tmp_path / "ds" / "imagesTr" / "case_000.nii.gz")
@@ -112,8 +126,9 @@ def _refuses(export: Path, out: Path, match: str, **kw) -> InputError:
 def test_rtstruct_of_an_absent_series_is_an_error(export: Path, tmp_path: Path) -> None:
     rs = export / "PAT001" / "RS.dcm"
     ds = pydicom.dcmread(rs)
-    ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]\
-        .SeriesInstanceUID = "1.2.3.999"
+    ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[
+        0
+    ].SeriesInstanceUID = "1.2.3.999"
     ds.save_as(rs)
     err = _refuses(export, tmp_path / "ds", "references CT series 1.2.3.999, which is not in")
     assert err.path == str(rs)

@@ -10,8 +10,19 @@ from advseg.errors import InputError
 from advseg.io.dicom.names import SYNONYMS, key, load_synonyms, match_rois, parse_structures
 
 
-@pytest.mark.parametrize("name", ["Femur_L", "Femoral Head L", "FemoralHead_Lt", "LT FEMUR", "femur left",
-                                  "Left_Femur", "left_femur", "Femoral_Head_L"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Femur_L",
+        "Femoral Head L",
+        "FemoralHead_Lt",
+        "LT FEMUR",
+        "femur left",
+        "Left_Femur",
+        "left_femur",
+        "Femoral_Head_L",
+    ],
+)
 def test_left_femur_spellings_match(name: str) -> None:
     assert match_rois([name, "Bladder"], {"left_femur": []}, SYNONYMS) == {"left_femur": [name]}
 

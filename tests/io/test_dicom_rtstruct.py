@@ -7,12 +7,12 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from dicom_testing import PhantomCT, dsc, needs, run_tool
 
 from advseg.data.phantom import LABELS
 from advseg.errors import InputError
 from advseg.io.dicom.rtstruct import Contour, Roi, rasterise_roi, read_rtstruct, write_rtstruct
 from advseg.io.dicom.series import read_series_folder
+from dicom_testing import PhantomCT, dsc, needs, run_tool
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +32,16 @@ def _square(r0, c0, r1, c1):
 
 
 def test_nested_contours_make_a_hole_and_islands_add(series) -> None:
-    roi = Roi(1, "ring", series.frame_uid, [
-        _contour(series, 3, _square(9.5, 9.5, 30.5, 30.5)),   # outer 21 x 21 pixels (10..30)
-        _contour(series, 3, _square(14.5, 14.5, 25.5, 25.5)),  # inner 11 x 11: a hole
-        _contour(series, 3, _square(39.5, 39.5, 44.5, 44.5)),  # a separate island, 5 x 5
-    ])
+    roi = Roi(
+        1,
+        "ring",
+        series.frame_uid,
+        [
+            _contour(series, 3, _square(9.5, 9.5, 30.5, 30.5)),  # outer 21 x 21 pixels (10..30)
+            _contour(series, 3, _square(14.5, 14.5, 25.5, 25.5)),  # inner 11 x 11: a hole
+            _contour(series, 3, _square(39.5, 39.5, 44.5, 44.5)),  # a separate island, 5 x 5
+        ],
+    )
     mask = rasterise_roi(roi, series, "rs.dcm", [])
     expected = np.zeros(series.shape, bool)
     expected[3, 10:31, 10:31] = True
@@ -123,11 +128,23 @@ def test_rtstruct_passes_dciodvfy(series, phantom_ct: PhantomCT, tmp_path) -> No
     assert [line for line in report.splitlines() if line.startswith("Error")] == []
 
 
-def test_plastimatch_rasterises_our_rtstruct_back(phantom_series, series, phantom_ct: PhantomCT, tmp_path) -> None:
+def test_plastimatch_rasterises_our_rtstruct_back(
+    phantom_series, series, phantom_ct: PhantomCT, tmp_path
+) -> None:
     tool = needs("plastimatch")
     write_rtstruct(tmp_path / "RS.dcm", phantom_ct.label, LABELS, series)
-    run_tool(tool, "convert", "--input", tmp_path / "RS.dcm", "--referenced-ct", phantom_series,
-             "--output-prefix", tmp_path / "masks", "--prefix-format", "nii.gz")
+    run_tool(
+        tool,
+        "convert",
+        "--input",
+        tmp_path / "RS.dcm",
+        "--referenced-ct",
+        phantom_series,
+        "--output-prefix",
+        tmp_path / "masks",
+        "--prefix-format",
+        "nii.gz",
+    )
     for k, name in LABELS.items():
         if not k:
             continue
@@ -150,7 +167,17 @@ def test_plastimatch_keeps_holes_and_islands_in_holes(phantom_series, series, tm
     ss = read_rtstruct(tmp_path / "RS.dcm")
     assert len([c for c in ss.rois[0].contours if c.image_uids == [series.sop_uids[3]]]) == 1  # keyholed
     np.testing.assert_array_equal(rasterise_roi(ss.rois[0], series, "RS.dcm", []), labels == 1)
-    run_tool(tool, "convert", "--input", tmp_path / "RS.dcm", "--referenced-ct", phantom_series,
-             "--output-prefix", tmp_path / "masks", "--prefix-format", "nii.gz")
+    run_tool(
+        tool,
+        "convert",
+        "--input",
+        tmp_path / "RS.dcm",
+        "--referenced-ct",
+        phantom_series,
+        "--output-prefix",
+        tmp_path / "masks",
+        "--prefix-format",
+        "nii.gz",
+    )
     back = np.asarray(nib.load(tmp_path / "masks" / "organ.nii.gz").dataobj).transpose(2, 1, 0) > 0
     np.testing.assert_array_equal(back, labels == 1)

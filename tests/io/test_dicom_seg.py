@@ -5,12 +5,12 @@ from __future__ import annotations
 import highdicom as hd
 import numpy as np
 import pytest
-from dicom_testing import PhantomCT, needs, run_tool
 
 from advseg.data.phantom import LABELS
 from advseg.errors import InputError
 from advseg.io.dicom.seg import write_seg
 from advseg.io.dicom.series import read_series_folder
+from dicom_testing import PhantomCT, needs, run_tool
 
 
 def test_seg_reads_back_to_the_labels(phantom_series, phantom_ct: PhantomCT, tmp_path) -> None:
@@ -20,7 +20,12 @@ def test_seg_reads_back_to_the_labels(phantom_series, phantom_ct: PhantomCT, tmp
     write_seg(tmp_path / "SEG.dcm", labels, LABELS, series)
     seg = hd.seg.segread(tmp_path / "SEG.dcm")
     assert seg.FrameOfReferenceUID == series.frame_uid and seg.StudyInstanceUID == series.study_uid
-    assert [d.SegmentLabel for d in seg.SegmentSequence] == ["prostate", "bladder", "left_femur", "right_femur"]
+    assert [d.SegmentLabel for d in seg.SegmentSequence] == [
+        "prostate",
+        "bladder",
+        "left_femur",
+        "right_femur",
+    ]
     assert seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeMeaning == "Prostate"
     # Frames per source slice, in the series' order (slice k <-> SOPInstanceUID k).
     arr = seg.get_pixels_by_source_instance(series.sop_uids, combine_segments=True)

@@ -14,7 +14,6 @@ from advseg.errors import InputError
 from advseg.io import Volume, read_volume
 from advseg.io.dicom.ctwrite import write_ct_series
 from advseg.io.dicom.series import build_series, read_series_folder, scan_folder
-
 from dicom_testing import PhantomCT, needs, run_tool
 
 
@@ -84,8 +83,9 @@ def test_dcm2niix_agrees_on_an_oblique_rescaled_series(phantom_ct: PhantomCT, tm
     t = np.radians(15)
     rot = np.eye(4)
     rot[:3, :3] = [[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]]
-    write_ct_series(tmp_path / "ct", Volume(phantom_ct.image, rot @ phantom_ct.affine), slope=1.0,
-                    intercept=-1024.0)
+    write_ct_series(
+        tmp_path / "ct", Volume(phantom_ct.image, rot @ phantom_ct.affine), slope=1.0, intercept=-1024.0
+    )
     run_tool(tool, "-z", "y", "-b", "n", "-o", tmp_path, "-f", "d2n", tmp_path / "ct")
     theirs = nib.load(tmp_path / "d2n.nii.gz")
     vol = read_volume(tmp_path / "ct")
@@ -109,8 +109,9 @@ def test_missing_slice_is_an_error_naming_the_file(phantom_series: Path, tmp_pat
     assert "CT_0004.dcm" in str(exc.value) and "--resample" in str(exc.value)
 
 
-def test_missing_slice_resamples_with_a_warning_when_asked(phantom_ct: PhantomCT, phantom_series: Path,
-                                                            tmp_path: Path) -> None:
+def test_missing_slice_resamples_with_a_warning_when_asked(
+    phantom_ct: PhantomCT, phantom_series: Path, tmp_path: Path
+) -> None:
     folder = _copy(phantom_series, tmp_path)
     (folder / "CT_0005.dcm").unlink()
     s = read_series_folder(folder, resample=True)[0]
@@ -158,14 +159,19 @@ def test_duplicate_slice_is_an_error(phantom_series: Path, tmp_path: Path) -> No
         read_series_folder(folder)
 
 
-def test_several_series_and_modalities_in_one_folder(phantom_ct: PhantomCT, phantom_series: Path,
-                                                     tmp_path: Path) -> None:
+def test_several_series_and_modalities_in_one_folder(
+    phantom_ct: PhantomCT, phantom_series: Path, tmp_path: Path
+) -> None:
     folder = _copy(phantom_series, tmp_path)
     write_ct_series(tmp_path / "second", Volume(phantom_ct.image[:8], phantom_ct.affine))
     for f in (tmp_path / "second").iterdir():
         shutil.move(f, folder / f"second_{f.name}")
     mr = pydicom.dcmread(folder / "CT_0000.dcm")
-    mr.Modality, mr.SeriesInstanceUID, mr.SOPClassUID = "MR", pydicom.uid.generate_uid(), "1.2.840.10008.5.1.4.1.1.4"
+    mr.Modality, mr.SeriesInstanceUID, mr.SOPClassUID = (
+        "MR",
+        pydicom.uid.generate_uid(),
+        "1.2.840.10008.5.1.4.1.1.4",
+    )
     mr.SOPInstanceUID = pydicom.uid.generate_uid()
     mr.save_as(folder / "mr.dcm")
     (folder / "notes.txt").write_text("not DICOM")

@@ -79,12 +79,15 @@ def validate(
 
 @app.command("import-dicom")
 def import_dicom(
-    dicom_root: Annotated[Path, typer.Argument(help="Folder tree of CT series and RTSTRUCT files (TPS export).")],
+    dicom_root: Annotated[
+        Path, typer.Argument(help="Folder tree of CT series and RTSTRUCT files (TPS export).")
+    ],
     out_dataset: Annotated[Path, typer.Argument(help="Dataset folder to create (MSD layout).")],
     structures: Annotated[
         str | None,
-        typer.Option(help='ROI=label pairs, e.g. "Prostate=prostate,Bladder=bladder" (labels numbered in this '
-                          "order; default: prostate, bladder, rectum, left_femur, right_femur via synonyms)."),
+        typer.Option(help='ROI=label pairs, e.g. "Prostate=prostate,Bladder=bladder" (labels numbered '
+                          "in this order; default: prostate, bladder, rectum, left_femur, right_femur, "
+                          "found via synonyms)."),
     ] = None,
     synonyms: Annotated[
         Path | None, typer.Option(help="YAML/JSON {label: [ROI names]} extending the built-in synonym table.")

@@ -65,7 +65,9 @@ def match_structure_sets(
             if not present:
                 raise InputError(ss.path, f"references CT series {uids[0]}, which is not in the DICOM folder")
             if len(present) > 1:
-                raise InputError(ss.path, f"references {len(present)} CT series; advseg reads one per RTSTRUCT")
+                raise InputError(
+                    ss.path, f"references {len(present)} CT series; advseg reads one per RTSTRUCT"
+                )
             uid = present[0]
         else:
             by_frame = [u for u, s in series.items() if s.frame_uid in ss.frame_uids]
@@ -78,11 +80,17 @@ def match_structure_sets(
             raise InputError(ss.path, f"FrameOfReferenceUID differs from that of its series {uid}")
         missing = sorted(set(ss.image_uids) - set(s.sop_uids))
         if missing:
-            raise InputError(ss.path, f"references {len(missing)} slice(s) that series {uid} does not hold "
-                                      f"(e.g. {missing[0]}): the export is incomplete")
+            raise InputError(
+                ss.path,
+                f"references {len(missing)} slice(s) that series {uid} does not hold "
+                f"(e.g. {missing[0]}): the export is incomplete",
+            )
         if uid in out:
-            raise InputError(ss.path, f"a second RTSTRUCT for series {uid} (the other: {out[uid].path}); keep "
-                                      "one structure set per series")
+            raise InputError(
+                ss.path,
+                f"a second RTSTRUCT for series {uid} (the other: {out[uid].path}); keep "
+                "one structure set per series",
+            )
         out[uid] = ss
     return out
 
@@ -152,13 +160,18 @@ def import_dicom(
         matched = match_rois([r.name for r in ss.rois], wanted, table)
         absent = [label for label, rois in matched.items() if not rois]
         if absent:
-            raise InputError(ss.path, f"no ROI for '{absent[0]}' (ROIs: {', '.join(r.name for r in ss.rois)}); "
-                                      f"name it with --structures \"<ROI>={absent[0]}\" or add it to a "
-                                      "--synonyms file")
+            raise InputError(
+                ss.path,
+                f"no ROI for '{absent[0]}' (ROIs: {', '.join(r.name for r in ss.rois)}); "
+                f'name it with --structures "<ROI>={absent[0]}" or add it to a '
+                "--synonyms file",
+            )
         used = {r for rois in matched.values() for r in rois}
         unused = [r.name for r in ss.rois if r.name not in used]
         if unused:
-            result.warnings.append(f"{ss.path}: ROI(s) not imported (not in --structures): {', '.join(unused)}")
+            result.warnings.append(
+                f"{ss.path}: ROI(s) not imported (not in --structures): {', '.join(unused)}"
+            )
         lab = np.zeros(s.shape, dtype=np.uint8)
         for value, label in labels.items():
             if value == 0:
@@ -169,8 +182,10 @@ def import_dicom(
             overlap = mask & (lab > 0)
             if overlap.any():
                 others = sorted({labels[int(v)] for v in np.unique(lab[overlap])})
-                result.warnings.append(f"{ss.path}: {int(overlap.sum())} voxel(s) of '{label}' also in "
-                                       f"{', '.join(others)}; they are labelled '{label}'")
+                result.warnings.append(
+                    f"{ss.path}: {int(overlap.sum())} voxel(s) of '{label}' also in "
+                    f"{', '.join(others)}; they are labelled '{label}'"
+                )
             lab[mask] = value
         label_maps[name] = lab
         roi_map[name] = matched
@@ -184,7 +199,9 @@ def import_dicom(
             entry: dict[str, Any] = dict(s.index())
             if name in label_maps:
                 write_volume(tmp / "imagesTr" / f"{name}.nii.gz", Volume(vol.array, vol.affine))
-                write_volume(tmp / "labelsTr" / f"{name}.nii.gz", Volume(label_maps[name], vol.affine), np.uint8)
+                write_volume(
+                    tmp / "labelsTr" / f"{name}.nii.gz", Volume(label_maps[name], vol.affine), np.uint8
+                )
                 training.append({"image": f"./imagesTr/{name}.nii.gz", "label": f"./labelsTr/{name}.nii.gz"})
                 ss = by_series[s.series_uid]
                 entry["RTSTRUCT"] = {"SOPInstanceUID": ss.sop_uid, "rois": roi_map[name]}
@@ -204,7 +221,7 @@ def import_dicom(
         meta = {
             "name": out.name,
             "description": f"imported from DICOM by advseg import-dicom ({len(training)} labeled, "
-                           f"{len(unlabeled)} unlabeled CT series)",
+            f"{len(unlabeled)} unlabeled CT series)",
             "tensorImageSize": "3D",
             "modality": {"0": "CT"},
             "labels": {str(k): v for k, v in labels.items()},

@@ -201,7 +201,8 @@ def predict_dicom(
         raise InputError(output, "for DICOM input, OUTPUT must be a folder")
     check_output_dir(output, "predict", overwrite)
     if model.cfg.network.in_channels != 1:
-        raise InputError(input, f"the model needs {model.cfg.network.in_channels} channels; a CT series is one")
+        n = model.cfg.network.in_channels
+        raise InputError(input, f"the model needs {n} channels; a CT series is one")
     series = read_series_folder(input, resample=resample)
     for s in series:
         for w in s.warnings:
@@ -285,7 +286,8 @@ def predict_path(
     dicom_input = input.is_dir() and not _nifti_files(input) and is_dicom_folder(input)
     if (rtstruct or dicom_seg) and not dicom_input:
         flag = "--rtstruct" if rtstruct else "--dicom-seg"
-        raise InputError(input, f"{flag} needs a folder of DICOM CT series as INPUT (it references their UIDs)")
+        raise InputError(input, f"{flag} needs a folder of DICOM CT series as INPUT (it references their "
+                                "UIDs)")
     model = load_model(model_dir, checkpoint, device, mode=mode, tta_flip=tta, keep_largest=keep_largest)
     if dicom_input:
         return predict_dicom(model, input, output, rtstruct=rtstruct, dicom_seg=dicom_seg, resample=resample,

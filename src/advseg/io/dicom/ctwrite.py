@@ -70,7 +70,11 @@ def write_ct_series(
             ds = _slice(stored[k], a, k, (sx, sy, sz), row, col)
             ds.PatientName, ds.PatientID = patient_name, patient_id
             ds.PatientBirthDate, ds.PatientSex = "", "O"
-            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = (
+                study_uid,
+                series_uid,
+                frame_uid,
+            )
             ds.StudyDate = ds.SeriesDate = ds.ContentDate = date
             ds.StudyTime = ds.SeriesTime = ds.ContentTime = time
             ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "1", "", ""

@@ -25,12 +25,34 @@ SYNONYMS: dict[str, list[str]] = {
     "bladder": ["Bladder", "Urinary bladder", "Blad", "Vessie", "Blase"],
     "rectum": ["Rectum", "Rect", "Rectal", "Anorectum"],
     "left_femur": [
-        "Femur_L", "Femur L", "Left femur", "Femur left", "Femoral Head L", "FemoralHead_Lt", "Femoral_Head_L",
-        "Femur_Head_L", "FemurHead_L", "Head of femur L", "Hip_L", "Femur_Neck_L", "Femur_Prox_L",
+        "Femur_L",
+        "Femur L",
+        "Left femur",
+        "Femur left",
+        "Femoral Head L",
+        "FemoralHead_Lt",
+        "Femoral_Head_L",
+        "Femur_Head_L",
+        "FemurHead_L",
+        "Head of femur L",
+        "Hip_L",
+        "Femur_Neck_L",
+        "Femur_Prox_L",
     ],
     "right_femur": [
-        "Femur_R", "Femur R", "Right femur", "Femur right", "Femoral Head R", "FemoralHead_Rt", "Femoral_Head_R",
-        "Femur_Head_R", "FemurHead_R", "Head of femur R", "Hip_R", "Femur_Neck_R", "Femur_Prox_R",
+        "Femur_R",
+        "Femur R",
+        "Right femur",
+        "Femur right",
+        "Femoral Head R",
+        "FemoralHead_Rt",
+        "Femoral_Head_R",
+        "Femur_Head_R",
+        "FemurHead_R",
+        "Head of femur R",
+        "Hip_R",
+        "Femur_Neck_R",
+        "Femur_Prox_R",
     ],
     "seminal_vesicles": ["Seminal vesicles", "SeminalVesicles", "SeminalVesicle", "SV", "SeminalVes"],
     "penile_bulb": ["Penile bulb", "PenileBulb", "Bulb penis", "Bulb_Penis"],
@@ -69,7 +91,8 @@ def load_synonyms(path: str | Path | None) -> dict[str, list[str]]:
     except Exception as exc:  # yaml / json / decode errors
         raise InputError(path, f"cannot parse the synonym file ({type(exc).__name__}: {exc})") from None
     if not isinstance(data, dict) or not all(
-        isinstance(k, str) and isinstance(v, list) and all(isinstance(n, str) for n in v) for k, v in data.items()
+        isinstance(k, str) and isinstance(v, list) and all(isinstance(n, str) for n in v)
+        for k, v in data.items()
     ):
         raise InputError(path, "expected a mapping {label_name: [ROI name, ...]}")
     for label, names in data.items():

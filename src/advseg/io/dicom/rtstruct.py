@@ -34,10 +34,26 @@ from advseg.io.dicom.series import CT_IMAGE_STORAGE, RTSTRUCT_STORAGE, CTSeries
 STUDY_COMPONENT_SOP_CLASS = "1.2.840.10008.3.1.2.3.1"  # what RTReferencedStudySequence items reference
 # Distinct ROI colours (RGB): TPSs show every organ in its own colour.
 PALETTE = [
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
-    (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180),
-    (0, 0, 128), (128, 128, 128),
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (220, 190, 255),
+    (170, 110, 40),
+    (255, 250, 200),
+    (128, 0, 0),
+    (170, 255, 195),
+    (128, 128, 0),
+    (255, 215, 180),
+    (0, 0, 128),
+    (128, 128, 128),
 ]
 
 
@@ -90,27 +106,52 @@ def read_rtstruct(path: str | Path, ds: Dataset | None = None) -> StructureSet:
         for st in fr.get("RTReferencedStudySequence", []):
             for se in st.get("RTReferencedSeriesSequence", []):
                 series.append(str(se.get("SeriesInstanceUID", "")))
-                images += [str(i.ReferencedSOPInstanceUID) for i in se.get("ContourImageSequence", [])
-                           if "ReferencedSOPInstanceUID" in i]
+                images += [
+                    str(i.ReferencedSOPInstanceUID)
+                    for i in se.get("ContourImageSequence", [])
+                    if "ReferencedSOPInstanceUID" in i
+                ]
     rois: dict[int, Roi] = {}
     for item in ds.StructureSetROISequence:
         n = int(item.ROINumber)
-        rois[n] = Roi(n, str(item.get("ROIName", f"ROI {n}")), str(item.get("ReferencedFrameOfReferenceUID", "")))
+        rois[n] = Roi(
+            n, str(item.get("ROIName", f"ROI {n}")), str(item.get("ReferencedFrameOfReferenceUID", ""))
+        )
     for item in ds.get("ROIContourSequence", []):
         roi = rois.get(int(item.get("ReferencedROINumber", -1)))
         if roi is None:
-            raise InputError(path, f"ROIContourSequence references ROI number {item.get('ReferencedROINumber')}, "
-                                   "which StructureSetROISequence does not define")
+            raise InputError(
+                path,
+                f"ROIContourSequence references ROI number {item.get('ReferencedROINumber')}, "
+                "which StructureSetROISequence does not define",
+            )
         for c in item.get("ContourSequence", []):
             data = [float(v) for v in (c.get("ContourData") or [])]
             if len(data) % 3:
-                raise InputError(path, f"ROI '{roi.name}': ContourData has {len(data)} values, not a multiple of 3")
-            uids = [str(i.ReferencedSOPInstanceUID) for i in c.get("ContourImageSequence", [])
-                    if "ReferencedSOPInstanceUID" in i]
-            roi.contours.append(Contour(np.asarray(data, float).reshape(-1, 3),
-                                        str(c.get("ContourGeometricType", "")).upper(), uids))
-    return StructureSet(path, str(ds.get("SOPInstanceUID", "")), frames, series, images, list(rois.values()),
-                        date=f"{ds.get('StructureSetDate', '')}{ds.get('StructureSetTime', '')}")
+                raise InputError(
+                    path, f"ROI '{roi.name}': ContourData has {len(data)} values, not a multiple of 3"
+                )
+            uids = [
+                str(i.ReferencedSOPInstanceUID)
+                for i in c.get("ContourImageSequence", [])
+                if "ReferencedSOPInstanceUID" in i
+            ]
+            roi.contours.append(
+                Contour(
+                    np.asarray(data, float).reshape(-1, 3),
+                    str(c.get("ContourGeometricType", "")).upper(),
+                    uids,
+                )
+            )
+    return StructureSet(
+        path,
+        str(ds.get("SOPInstanceUID", "")),
+        frames,
+        series,
+        images,
+        list(rois.values()),
+        date=f"{ds.get('StructureSetDate', '')}{ds.get('StructureSetTime', '')}",
+    )
 
 
 def rasterise_roi(roi: Roi, series: CTSeries, path: str | Path, warnings: list[str]) -> np.ndarray:
@@ -139,16 +180,25 @@ def rasterise_roi(roi: Roi, series: CTSeries, path: str | Path, warnings: list[s
             continue
         missing = [u for u in c.image_uids if u not in sop]
         if missing:
-            raise InputError(path, f"ROI '{roi.name}': a contour references slice {missing[0]}, which is not in "
-                                   f"series {series.series_uid}")
+            raise InputError(
+                path,
+                f"ROI '{roi.name}': a contour references slice {missing[0]}, which is not in "
+                f"series {series.series_uid}",
+            )
         d = c.points @ normal
         if np.ptp(d) > tol:
-            raise InputError(path, f"ROI '{roi.name}': a contour is not parallel to the slices ({np.ptp(d):.2f} mm "
-                                   "out of plane)")
+            raise InputError(
+                path,
+                f"ROI '{roi.name}': a contour is not parallel to the slices ({np.ptp(d):.2f} mm "
+                "out of plane)",
+            )
         k = int(np.abs(series.positions - d.mean()).argmin())
         if abs(series.positions[k] - d.mean()) > tol:
-            raise InputError(path, f"ROI '{roi.name}': a contour at {d.mean():.2f} mm along the slice normal lies "
-                                   f"between slices (nearest {series.positions[k]:.2f} mm)")
+            raise InputError(
+                path,
+                f"ROI '{roi.name}': a contour at {d.mean():.2f} mm along the slice normal lies "
+                f"between slices (nearest {series.positions[k]:.2f} mm)",
+            )
         rel = c.points - a[:3, 3]
         rr, cc = polygon(rel @ col / dy, rel @ row / dx, shape=(series.rows, series.columns))
         planes[k, rr, cc] ^= True
@@ -243,8 +293,19 @@ def write_rtstruct(
     ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
     ds.SOPClassUID, ds.SOPInstanceUID = RTSTRUCT_STORAGE, sop_uid
     # Patient and General Study modules: the CT's own, so the TPS files the structures with it.
-    for kw in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
-               "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber", "StudyDescription"):
+    for kw in (
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyInstanceUID",
+        "StudyDate",
+        "StudyTime",
+        "ReferringPhysicianName",
+        "StudyID",
+        "AccessionNumber",
+        "StudyDescription",
+    ):
         setattr(ds, kw, ref.get(kw, ""))
     ds.StudyInstanceUID = series.study_uid
     # RT Series and General Equipment modules.

@@ -26,7 +26,10 @@ _SIDES = {"left", "right", "l", "r", "lt", "rt"}
 
 def _property_type(name: str):
     words = [w for w in name.replace("-", "_").split("_") if w and w.lower() not in _SIDES]
-    for keyword in ("".join(w.capitalize() for w in words), "".join(w.capitalize() for w in words).rstrip("s")):
+    for keyword in (
+        "".join(w.capitalize() for w in words),
+        "".join(w.capitalize() for w in words).rstrip("s"),
+    ):
         try:
             return getattr(codes.SCT, keyword)
         except AttributeError:
@@ -35,7 +38,11 @@ def _property_type(name: str):
 
 
 def write_seg(
-    path: str | Path, labels: np.ndarray, names: dict[int, str], series: CTSeries, software_version: str = "advseg"
+    path: str | Path,
+    labels: np.ndarray,
+    names: dict[int, str],
+    series: CTSeries,
+    software_version: str = "advseg",
 ) -> Dataset:
     """Write ``labels`` (``(Z, Y, X)`` on the series' volume grid) as a binary DICOM SEG; returns it.
 
@@ -59,14 +66,16 @@ def write_seg(
     descriptions = []
     for number, value in enumerate(present, start=1):
         label_map[labels == value] = number
-        descriptions.append(hd.seg.SegmentDescription(
-            segment_number=number,
-            segment_label=names[value][:64],
-            segmented_property_category=codes.SCT.AnatomicalStructure,
-            segmented_property_type=_property_type(names[value]),
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm,
-        ))
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=names[value][:64],
+                segmented_property_category=codes.SCT.AnatomicalStructure,
+                segmented_property_type=_property_type(names[value]),
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm,
+            )
+        )
     with warnings.catch_warnings():  # highdicom's note on a one-part PatientName copied from the CT
         warnings.filterwarnings("ignore", message=".*intended person name.*")
         seg = _segmentation(hd, series, label_map, descriptions, software_version)

@@ -136,10 +136,15 @@ class CTSeries:
                 stored = ds.pixel_array
             except Exception as exc:  # pydicom raises many types for undecodable pixel data
                 ts = ds.file_meta.get("TransferSyntaxUID", "?") if hasattr(ds, "file_meta") else "?"
-                raise InputError(path, f"cannot decode the pixel data (transfer syntax {ts}): {exc}") from None
+                raise InputError(
+                    path, f"cannot decode the pixel data (transfer syntax {ts}): {exc}"
+                ) from None
             if stored.shape != (self.rows, self.columns):
-                raise InputError(path, f"pixel data is {stored.shape}, expected {(self.rows, self.columns)} "
-                                       "(multi-frame or colour images are not CT slices)")
+                raise InputError(
+                    path,
+                    f"pixel data is {stored.shape}, expected {(self.rows, self.columns)} "
+                    "(multi-frame or colour images are not CT slices)",
+                )
             slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
             intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
             exact &= slope.is_integer() and intercept.is_integer()
@@ -215,7 +220,9 @@ def scan_folder(root: str | Path) -> Scan:
                 what = f"CT of SOP class {sop_class} (only single-frame CT Image Storage is read)"
             others.setdefault((what, str(ds.get("SeriesInstanceUID", path))), []).append(path)
     for (what, _), paths in others.items():
-        scan.warnings.append(f"{paths[0]}: {what}, not a CT image; {len(paths)} file(s) of this series skipped")
+        scan.warnings.append(
+            f"{paths[0]}: {what}, not a CT image; {len(paths)} file(s) of this series skipped"
+        )
     if not scan.ct and not scan.rtstructs:
         raise InputError(root, "no DICOM CT images in this folder tree")
     return scan
@@ -245,21 +252,32 @@ def build_series(files: list[DicomFile], resample: bool = False) -> CTSeries:
     study0 = str(first.ds.get("StudyInstanceUID", ""))
     for f in files[1:]:
         if (int(f.ds.Rows), int(f.ds.Columns)) != size0:
-            raise InputError(f.path, f"slice is {int(f.ds.Rows)} x {int(f.ds.Columns)}, the series' first "
-                                     f"slice ({first.path.name}) {size0[0]} x {size0[1]}")
+            raise InputError(
+                f.path,
+                f"slice is {int(f.ds.Rows)} x {int(f.ds.Columns)}, the series' first "
+                f"slice ({first.path.name}) {size0[0]} x {size0[1]}",
+            )
         if np.abs(np.asarray(f.ds.ImageOrientationPatient, dtype=float) - iop0).max() > ORIENTATION_TOLERANCE:
-            raise InputError(f.path, f"ImageOrientationPatient differs from the series' first slice "
-                                     f"({first.path.name}): slices of one series must be parallel")
+            raise InputError(
+                f.path,
+                f"ImageOrientationPatient differs from the series' first slice "
+                f"({first.path.name}): slices of one series must be parallel",
+            )
         if np.abs(np.asarray(f.ds.PixelSpacing, dtype=float) - ps0).max() > 1e-4:
-            raise InputError(f.path, f"PixelSpacing {list(f.ds.PixelSpacing)} differs from the series' first "
-                                     f"slice ({first.path.name}: {list(ps0)})")
+            raise InputError(
+                f.path,
+                f"PixelSpacing {list(f.ds.PixelSpacing)} differs from the series' first "
+                f"slice ({first.path.name}: {list(ps0)})",
+            )
         if str(f.ds.get("FrameOfReferenceUID", "")) != frame0:
             raise InputError(f.path, "FrameOfReferenceUID differs within one series")
     if ps0.min() <= 0:
         raise InputError(first.path, f"PixelSpacing must be positive, got {list(ps0)}")
     row, col = iop0[:3], iop0[3:]
     if abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(col) - 1) > 1e-3 or abs(row @ col) > 1e-3:
-        raise InputError(first.path, f"ImageOrientationPatient {list(iop0)} is not two orthonormal directions")
+        raise InputError(
+            first.path, f"ImageOrientationPatient {list(iop0)} is not two orthonormal directions"
+        )
     row, col = row / np.linalg.norm(row), col / np.linalg.norm(col)
     normal = np.cross(row, col)
     ipp = np.array([np.asarray(f.ds.ImagePositionPatient, dtype=float) for f in files])
@@ -273,20 +291,28 @@ def build_series(files: list[DicomFile], resample: bool = False) -> CTSeries:
     dup = np.flatnonzero(steps < 1e-3)
     if dup.size:
         a, b = files[dup[0]], files[dup[0] + 1]
-        raise InputError(b.path, f"same slice position ({dist[dup[0]]:.3f} mm along the normal) as {a.path.name}: "
-                                 "duplicate slice or two series with one SeriesInstanceUID")
+        raise InputError(
+            b.path,
+            f"same slice position ({dist[dup[0]]:.3f} mm along the normal) as {a.path.name}: "
+            "duplicate slice or two series with one SeriesInstanceUID",
+        )
     # Gantry tilt: slice origins drift in-plane as well as along the normal (a sheared grid).
     inplane = (ipp - ipp[0]) - np.outer(dist - dist[0], normal)
     drift = np.linalg.norm(inplane, axis=1)
     if drift.max() > SHEAR_TOLERANCE_MM:
         k = int(drift.argmax())
         tilt = np.degrees(np.arctan2(drift[k], dist[k] - dist[0]))
-        raise InputError(files[k].path, f"slices are sheared ({tilt:.1f} deg: gantry tilt, or slice origins not "
-                                        "on the normal); advseg reads only unsheared series: resample it "
-                                        "(e.g. dcm2niix corrects gantry tilt) and import the result")
+        raise InputError(
+            files[k].path,
+            f"slices are sheared ({tilt:.1f} deg: gantry tilt, or slice origins not "
+            "on the normal); advseg reads only unsheared series: resample it "
+            "(e.g. dcm2niix corrects gantry tilt) and import the result",
+        )
     if np.abs(np.abs(iop0) - np.round(np.abs(iop0))).max() > OBLIQUE_TOLERANCE:
-        warnings.append(f"{first.path}: oblique slices (ImageOrientationPatient {[round(v, 4) for v in iop0]}); "
-                        "the affine keeps the rotation")
+        warnings.append(
+            f"{first.path}: oblique slices (ImageOrientationPatient {[round(v, 4) for v in iop0]}); "
+            "the affine keeps the rotation"
+        )
     dz = float(np.median(steps))
     uneven = np.abs(steps - dz) > SPACING_TOLERANCE * dz
     grid = None
@@ -294,8 +320,10 @@ def build_series(files: list[DicomFile], resample: bool = False) -> CTSeries:
         k = int(np.flatnonzero(uneven)[0])
         gap = steps[k] / dz
         if abs(gap - round(gap)) < 0.05 and round(gap) >= 2:
-            problem = (f"{round(gap) - 1} missing slice(s) between {dist[k]:.2f} and {dist[k + 1]:.2f} mm "
-                       f"(spacing {dz:.3f} mm, next file {files[k + 1].path.name})")
+            problem = (
+                f"{round(gap) - 1} missing slice(s) between {dist[k]:.2f} and {dist[k + 1]:.2f} mm "
+                f"(spacing {dz:.3f} mm, next file {files[k + 1].path.name})"
+            )
         else:
             problem = f"uneven slice spacing ({steps.min():.3f} to {steps.max():.3f} mm, median {dz:.3f})"
         if not resample:
@@ -311,9 +339,18 @@ def build_series(files: list[DicomFile], resample: bool = False) -> CTSeries:
     affine[:3, 2] = normal * dz
     affine[:3, 3] = ipp[0]
     return CTSeries(
-        series_uid=str(first.ds.SeriesInstanceUID), study_uid=study0, frame_uid=frame0,
-        files=[f.path for f in files], headers=[f.ds for f in files], positions=dist, affine_lps=affine,
-        rows=size0[0], columns=size0[1], resampled=grid is not None, grid_positions=grid, warnings=warnings,
+        series_uid=str(first.ds.SeriesInstanceUID),
+        study_uid=study0,
+        frame_uid=frame0,
+        files=[f.path for f in files],
+        headers=[f.ds for f in files],
+        positions=dist,
+        affine_lps=affine,
+        rows=size0[0],
+        columns=size0[1],
+        resampled=grid is not None,
+        grid_positions=grid,
+        warnings=warnings,
     )
 
 
