@@ -195,3 +195,26 @@ def test_totalsegmentator_ct_through_dicom_to_rtstruct(dicom_run: Path, tmp_path
     for rc in rs.ROIContourSequence:
         for c in rc.get("ContourSequence", []):
             assert c.ContourImageSequence[0].ReferencedSOPInstanceUID in uids
+
+
+def test_one_rtstruct_per_series_of_a_mixed_folder(
+    dicom_run: Path, phantom_series: Path, phantom_ct: PhantomCT, tmp_path: Path
+) -> None:
+    root = tmp_path / "in"
+    shutil.copytree(phantom_series, root / "a")
+    write_ct_series(root / "b", Volume(phantom_ct.image[:, :, ::-1].copy(), phantom_ct.affine))
+    (root / "b" / "README").write_text("not DICOM")
+    out = tmp_path / "pred"
+    res = _predict_rtstruct(dicom_run, root, out)
+    assert res.exit_code == 0, res.output
+    assert "README: not a DICOM file; skipped" in res.output
+    for name, folder in (("case_000", root / "a"), ("case_001", root / "b")):
+        series = read_series_folder(folder)[0]
+        rs = pydicom.dcmread(out / f"{name}_RTSTRUCT.dcm")
+        se = rs.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
+        assert se.SeriesInstanceUID == series.series_uid
+    # a second run into the same folder is allowed (its own outputs); a foreign file is not
+    (out / "mine.txt").write_text("keep")
+    res = _predict_rtstruct(dicom_run, root, out)
+    assert res.exit_code == 2 and "mine.txt" in res.output
+    assert (out / "mine.txt").read_text() == "keep"
