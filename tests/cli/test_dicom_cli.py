@@ -211,7 +211,11 @@ def test_one_rtstruct_per_series_of_a_mixed_folder(
     for name, folder in (("case_000", root / "a"), ("case_001", root / "b")):
         series = read_series_folder(folder)[0]
         rs = pydicom.dcmread(out / f"{name}_RTSTRUCT.dcm")
-        se = rs.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
+        se = (
+            rs.ReferencedFrameOfReferenceSequence[0]
+            .RTReferencedStudySequence[0]
+            .RTReferencedSeriesSequence[0]
+        )
         assert se.SeriesInstanceUID == series.series_uid
     # a second run into the same folder is allowed (its own outputs); a foreign file is not
     (out / "mine.txt").write_text("keep")
