@@ -173,3 +173,23 @@ def test_output_inside_the_input_or_not_empty_is_refused(export: Path, tmp_path:
     with pytest.raises(InputError, match="not an empty folder"):
         import_dicom(export, tmp_path / "full")
     assert (tmp_path / "full" / "x").read_text() == "keep me"
+
+
+def test_rtstruct_without_a_series_reference_pairs_by_frame_of_reference(
+    export: Path, phantom_ct: PhantomCT, tmp_path: Path
+) -> None:
+    rs = export / "PAT001" / "RS.dcm"
+    ds = pydicom.dcmread(rs)
+    del ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence
+    ds.save_as(rs)
+    result = import_dicom(export, tmp_path / "ds")
+    assert result.labeled == ["case_000"]
+    np.testing.assert_array_equal(read_volume(tmp_path / "ds" / "labelsTr" / "case_000.nii.gz").array,
+                                  phantom_ct.label)
+
+
+def test_a_truncated_file_is_a_warning(export: Path, tmp_path: Path) -> None:
+    data = (export / "PAT002" / "CT" / "CT_0000.dcm").read_bytes()
+    (export / "PAT002" / "broken.dcm").write_bytes(data[:300])
+    result = import_dicom(export, tmp_path / "ds")
+    assert any("broken.dcm" in w and "skipped" in w for w in result.warnings)

@@ -181,3 +181,22 @@ def test_plastimatch_keeps_holes_and_islands_in_holes(phantom_series, series, tm
     )
     back = np.asarray(nib.load(tmp_path / "masks" / "organ.nii.gz").dataobj).transpose(2, 1, 0) > 0
     np.testing.assert_array_equal(back, labels == 1)
+
+
+def test_rtstruct_of_a_resampled_series_contours_the_original_slices(phantom_series, tmp_path) -> None:
+    import shutil
+
+    shutil.copytree(phantom_series, tmp_path / "ct")
+    (tmp_path / "ct" / "CT_0005.dcm").unlink()
+    series = read_series_folder(tmp_path / "ct", resample=True)[0]
+    assert series.shape[0] == 16 and len(series.files) == 15
+    labels = np.zeros(series.shape, np.uint8)
+    labels[:, 20:30, 20:30] = 1
+    labels[5, 20:30, 20:30] = 0  # the interpolated slice: not a slice of the series, not written
+    write_rtstruct(tmp_path / "RS.dcm", labels, {1: "organ"}, series)
+    ss = read_rtstruct(tmp_path / "RS.dcm")
+    uids = {c.image_uids[0] for c in ss.rois[0].contours}
+    assert uids == set(series.sop_uids)  # every original slice has its contour, no other is named
+    back = rasterise_roi(ss.rois[0], series, "RS.dcm", [])
+    keep = [k for k in range(16) if k != 5]
+    np.testing.assert_array_equal(back[keep], labels[keep] == 1)

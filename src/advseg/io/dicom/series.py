@@ -199,7 +199,7 @@ def scan_folder(root: str | Path) -> Scan:
     for path in _walk(root):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, EOFError, OSError, ValueError, TypeError) as exc:
+        except Exception as exc:  # a truncated or corrupt file raises anything from EOFError to struct.error
             kind = "not a DICOM file" if isinstance(exc, InvalidDicomError) else f"unreadable DICOM ({exc})"
             scan.warnings.append(f"{path}: {kind}; skipped")
             continue
