@@ -206,3 +206,28 @@ def test_slice_without_geometry_is_an_error(phantom_series: Path, tmp_path: Path
     scan = scan_folder(folder)
     with pytest.raises(InputError, match="CT_0002.dcm: CT slice without ImagePositionPatient"):
         build_series(next(iter(scan.ct.values())))
+
+
+@pytest.mark.parametrize(
+    "tool, args",
+    [("dcmcjpeg", []), ("dcmcjpls", []), ("dcmcrle", [])],  # JPEG lossless SV1, JPEG-LS lossless, RLE
+)
+def test_compressed_slices_read_the_same(tool: str, args: list[str], phantom_ct: PhantomCT,
+                                         phantom_series: Path, tmp_path: Path) -> None:
+    """Slices compressed by dcmtk (independent encoder) decode to the same HU."""
+    exe = needs(tool)
+    folder = _copy(phantom_series, tmp_path)
+    for f in sorted(folder.iterdir())[::2]:
+        run_tool(exe, *args, f, f.with_suffix(".tmp"))
+        f.with_suffix(".tmp").replace(f)
+    assert pydicom.dcmread(folder / "CT_0000.dcm").file_meta.TransferSyntaxUID.is_compressed
+    np.testing.assert_array_equal(read_volume(folder).array, phantom_ct.image)
+
+
+def test_undecodable_pixel_data_names_the_file(phantom_series: Path, tmp_path: Path) -> None:
+    folder = _copy(phantom_series, tmp_path)
+    ds = pydicom.dcmread(folder / "CT_0003.dcm")
+    ds.PixelData = ds.PixelData[:100]  # truncated pixel data
+    ds.save_as(folder / "CT_0003.dcm")
+    with pytest.raises(InputError, match="CT_0003.dcm: cannot decode the pixel data"):
+        read_volume(folder)
