@@ -159,7 +159,7 @@ def _inputs(input: Path) -> dict[str, list[Path]]:
         raise InputError(input, "input not found")
     files = _nifti_files(input)
     if not files:
-        raise InputError(input, "no NIfTI images (.nii.gz / .nii) in this folder")
+        raise InputError(input, "no NIfTI images (.nii.gz / .nii) and no DICOM files in this folder")
     cases: dict[str, list[Path]] = {}
     for f in files:
         cases.setdefault(_case_name(f), []).append(f)
