@@ -377,7 +377,8 @@ def read_series_folder(path: str | Path, resample: bool = False) -> list[CTSerie
     out = []
     for uid in series_order(scan):
         s = build_series(scan.ct[uid], resample=resample)
-        s.warnings[:0] = scan.warnings if not out else []
+        if not out:  # the folder's own warnings (skipped files), reported once, with the first series
+            s.warnings[:0] = scan.warnings
         out.append(s)
     return out
 
