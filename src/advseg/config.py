@@ -121,12 +121,36 @@ class AdversarialConfig:
     # product would hide from D (and S would get no adversarial gradient there).
     d_image_offset: float = 1.0
     d_lr: float = 1e-4
+    # Levers of D's learning (issue 10; the study's D has all of them off):
+    # fcn: a decoder with skip connections back to full resolution instead of trilinear up-sampling of
+    # the 1/2^len(d_channels) logits (which cannot place an error at a one-voxel boundary)
+    d_decoder: bool = False
+    d_spectral_norm: bool = False  # spectral normalisation of D's convolutions (Miyato et al. 2018)
+    d_label_smoothing: float = 0.0  # one-sided: real target 1 - s (Salimans et al. 2016)
+    d_instance_noise: float = 0.0  # std of Gaussian noise on D's inputs while D trains (Sonderby et al.)
+    # What D learns to call fake in S's map: "fake" every voxel (the study); "errors" only the voxels
+    # where S's label differs from the truth (elsewhere S's input is the truth's, so calling it fake
+    # contradicts the real example): D becomes a voxel-wise error detector
+    d_target: str = "fake"
+    # Iterations at the start in which only D trains, on a frozen S in eval mode (e.g. an S loaded
+    # with train.init_from), before S sees L_adv
+    d_warmup_iterations: int = 0
     onehot_fake: bool = True  # feed D with one-hot(argmax S(x)) (straight-through gradient)
     lambda_adv: float = 0.01
     lambda_adv_unlabeled: float = 0.001
     semi: bool = False
     lambda_semi: float = 0.1
-    t_semi: float = 0.2  # confidence threshold of L_semi (ASDNet's gamma)
+    # Confidence threshold of L_semi (ASDNet's gamma): a number in [0, 1], or "auto": recalibrated at
+    # every validation as the lowest threshold at which the validation cases' passing voxels reach
+    # t_semi_target_accuracy (advseg.training.variants.adversarial); t_semi_target_accuracy until then.
+    t_semi: float | str = 0.2
+    t_semi_target_accuracy: float = 0.97
+    # Which confidence selects L_semi's voxels: d (sigmoid of D's logits, the study), softmax (S's own
+    # max-softmax probability: plain confidence-thresholded self-training, the baseline D must beat) or
+    # product (the two multiplied: D's evidence added to S's own).
+    mask_source: str = "d"
+    # D diagnostics at every validation (AUCs, pass fractions, reliability; log.jsonl and the report)
+    diagnostics: bool = True
     pretrain_iterations: int = 5000
     unlabeled_prob: float = 0.5  # chance an iteration after pre-training also uses an unlabeled batch
     d_steps: int = 1  # discriminator steps per segmenter step (Kohl et al.: 3)
@@ -183,6 +207,14 @@ class TrainConfig:
     folds: int = 5
     fold: int = 0
     val_cases: int | None = None  # cap the validation set size (speed)
+    # Stop when the validation mean DSC has not improved by more than early_stop_min_delta for this
+    # many validations in a row (None: train all iterations). Decided from the checkpointed best
+    # iteration, so a resumed run stops where the uninterrupted one would.
+    early_stop_patience: int | None = None
+    early_stop_min_delta: float = 0.0
+    # A checkpoint (.pt) whose S weights start a new run (fine-tuning, or an adversarial run on top of
+    # a supervised one); optimizers, step and D start fresh. Ignored on --resume.
+    init_from: str | None = None
     slices_2d: bool = False  # train a 2D network on axial slices of the 3D volumes
 
 
@@ -238,8 +270,49 @@ def _merge(obj: Any, updates: dict[str, Any], where: str) -> Any:
         if is_dataclass(current):
             changes[key] = _merge(current, value or {}, f"{where}.{key}")
         else:
-            changes[key] = _coerce(value, hints[key], f"{where}.{key}")
+            changes[key] = _check_field(type(obj), key, _coerce(value, hints[key], f"{where}.{key}"),
+                                        f"{where}.{key}")
     return dataclasses.replace(obj, **changes)
+
+
+def _check_t_semi(value: Any, where: str) -> Any:
+    if value == "auto":
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1:
+        return float(value)
+    raise InputError(where, f"expected a number in [0, 1] or auto, got {value!r}")
+
+
+def _check_fraction(value: Any, where: str) -> Any:
+    if not 0 < value <= 1:
+        raise InputError(where, f"expected a number in (0, 1], got {value!r}")
+    return value
+
+
+def _check_d_target(value: Any, where: str) -> Any:
+    if value not in ("fake", "errors"):
+        raise InputError(where, f"expected fake or errors, got {value!r}")
+    return value
+
+
+def _check_mask_source(value: Any, where: str) -> Any:
+    if value not in ("d", "softmax", "product"):
+        raise InputError(where, f"expected d, softmax or product, got {value!r}")
+    return value
+
+
+#: checks of single fields beyond their type: (dataclass, key) -> check(value, where) -> value
+_FIELD_CHECKS = {
+    (AdversarialConfig, "t_semi"): _check_t_semi,
+    (AdversarialConfig, "t_semi_target_accuracy"): _check_fraction,
+    (AdversarialConfig, "mask_source"): _check_mask_source,
+    (AdversarialConfig, "d_target"): _check_d_target,
+}
+
+
+def _check_field(cls: type, key: str, value: Any, where: str) -> Any:
+    check = _FIELD_CHECKS.get((cls, key))
+    return value if check is None or value is None else check(value, where)
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

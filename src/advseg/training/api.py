@@ -104,6 +104,8 @@ def prepare_training(
     _check_out(out, resume)
     if cfg is None:
         cfg = load_config(out / "config.yaml")
+    if cfg.train.init_from and not resume and not Path(cfg.train.init_from).is_file():
+        raise InputError(cfg.train.init_from, "train.init_from: checkpoint not found")
     index = load_dataset(data, unlabeled_dirs=list(unlabeled or []))
     validate_dataset(index, check_test=False)
     cfg = finalize_config(cfg, index)
@@ -218,6 +220,8 @@ def train_run(
         trainer = trainer_class(cfg)(cfg, out, tdata, device=device)
         if resume and trainer.resume():
             print(f"resumed {out} at iteration {trainer.iteration}/{cfg.train.iterations}")
+        elif cfg.train.init_from:
+            trainer.init_weights(cfg.train.init_from)
         result = trainer.fit(progress=progress)
     except TrainingDiverged as exc:
         raise SystemExit(f"error: {out}: {exc}") from None
