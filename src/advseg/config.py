@@ -135,6 +135,9 @@ class AdversarialConfig:
     # Iterations at the start in which only D trains, on a frozen S in eval mode (e.g. an S loaded
     # with train.init_from), before S sees L_adv
     d_warmup_iterations: int = 0
+    # One S forward pass (and one D pass) over the labeled and unlabeled batches together instead of
+    # two: less overhead per semi-supervised step; batch norm then sees both batches at once
+    joint_forward: bool = False
     onehot_fake: bool = True  # feed D with one-hot(argmax S(x)) (straight-through gradient)
     lambda_adv: float = 0.01
     lambda_adv_unlabeled: float = 0.001

@@ -428,3 +428,17 @@ def test_unfinished_cell_and_bad_result_file(tmp_path: Path) -> None:
     (tmp_path / "m" / "x.json").write_text("{broken")
     with pytest.raises(InputError, match="not JSON"):
         read_results(tmp_path)
+
+
+def test_dsc_against_labels_figure(matrix_run: dict, tmp_path: Path) -> None:
+    from advseg.experiments.figures import level_axis, plot_metric_vs_labels
+
+    agg = aggregate(find_results(matrix_run["out"]))  # fractions 0.5 and 1 of each method
+    path = plot_metric_vs_labels(agg, tmp_path / "f.png")
+    assert path is not None and path.read_bytes()[:4] == b"\x89PNG"
+    assert level_axis("n8") == 8 and level_axis("0.25", 144) == 36 and level_axis("0.5") == 0.5
+    one = aggregate(find_results(matrix_run["out"]))
+    one.arms = [a for a in one.arms if a.endswith("@1")]
+    assert plot_metric_vs_labels(one, tmp_path / "g.png") is None  # one level: no line to draw
+    out = write_aggregate(agg, tmp_path / "tables")
+    assert "dsc_vs_labels.png" in out

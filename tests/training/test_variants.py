@@ -385,3 +385,24 @@ def test_init_from_starts_s_from_another_runs_weights(
     with pytest.raises(InputError, match="checkpoint not found"):
         train_run(bad, tiny_phantom, tmp_path / "run2", progress=False)
     assert not (tmp_path / "run2").exists()
+
+
+def test_joint_forward_gives_the_same_terms_in_eval_mode_batch_norm(tmp_path: Path) -> None:
+    """One S/D pass over labeled + unlabeled equals two passes when batch norm uses running statistics
+    (in training mode the only difference is BN's batch statistics over both batches)."""
+    from advseg.training.variants.adversarial import AdversarialTrainer
+
+    terms = {}
+    for joint in (False, True):
+        cfg = _cfg("res_unet_aux_adv_semi", f"adversarial.joint_forward={str(joint).lower()}",
+                   "adversarial.pretrain_iterations=0", "adversarial.unlabeled_prob=1.0")
+        trainer = AdversarialTrainer(cfg, tmp_path / str(joint), _memory_data(cfg, semi=True))
+        trainer.model.eval()
+        batch, unl = trainer.next_labeled(), trainer.next_unlabeled()
+        with torch.no_grad():
+            t, logs, _ = trainer.segmenter_losses(batch, unl)
+        terms[joint] = {k: float(v) for k, v in t.items()} | {"semi_fraction": logs["semi_fraction"]}
+    assert terms[True].keys() == terms[False].keys() == {"loss_vox", "loss_adv", "loss_adv_u", "loss_semi",
+                                                          "semi_fraction"}
+    for k in terms[False]:
+        assert terms[True][k] == pytest.approx(terms[False][k], rel=1e-4, abs=1e-6), k

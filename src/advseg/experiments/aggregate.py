@@ -101,6 +101,7 @@ class Collection:
     report: dict[str, Any] = field(default_factory=dict)
     nsd_tolerance_mm: float = 2.0
     run_dirs: list[Path] = field(default_factory=list)  # every run folder, finished or not
+    training_cases: int | None = None  # the fold's training-set size where the cells tell it
 
 
 def level_label(fraction: float | None, count: int | None) -> str:
@@ -176,7 +177,12 @@ def _results_collection(root: Path) -> Collection:
     methods = list(dict.fromkeys(c.method for c in cells))
     levels = sorted({c.level for c in cells}, key=_level_order)
     arms = [f"{m}@{lv}" for m in methods for lv in levels if any(c.arm == f"{m}@{lv}" for c in cells)]
-    return Collection("results", root, root.name, cells, len(cells), arms, "same_level")
+    # labeled + withheld = the fold's training set (withheld is only recorded by semi-supervised cells;
+    # a fraction-1 cell has them all labeled)
+    sizes = [d.get("cases", {}).get("labeled", 0) + d.get("cases", {}).get("unlabeled_withheld", 0)
+             for d in docs]
+    return Collection("results", root, root.name, cells, len(cells), arms, "same_level",
+                      training_cases=max(sizes) if sizes and max(sizes) > 0 else None)
 
 
 def _demo_order(root: Path) -> list[str]:
@@ -250,6 +256,7 @@ class Aggregate:
     total_cells: int
     nsd_tolerance_mm: float = 2.0
     notes: list[str] = field(default_factory=list)
+    training_cases: int | None = None  # the fold's training-set size, when known (places fractions)
 
     def samples(self, arm: str) -> int:
         return len({(r["case"], r["fold"], r["seed"]) for r in self.rows if r["arm"] == arm})
@@ -316,7 +323,8 @@ def aggregate(
         notes.append(f"{len(collection.cells)} of {collection.total_cells} cells finished; the tables cover "
                      "only those")
     return Aggregate(collection.name, arms, arm_info, organs, present, summary, tests, rows,
-                     len(collection.cells), collection.total_cells, collection.nsd_tolerance_mm, notes)
+                     len(collection.cells), collection.total_cells, collection.nsd_tolerance_mm, notes,
+                     training_cases=collection.training_cases)
 
 
 def _keyed(rows: list[dict[str, Any]], arm: str, organ: str, metric: str) -> dict[tuple, float]:
@@ -553,7 +561,13 @@ def write_aggregate(agg: Aggregate, out_dir: str | Path) -> dict[str, Path]:
     }
     for name, text in paths.items():
         atomic_write_text(out / name, text)
-    return {name: out / name for name in paths}
+    written = {name: out / name for name in paths}
+    from advseg.experiments.figures import plot_metric_vs_labels
+
+    figure = plot_metric_vs_labels(agg, out / "dsc_vs_labels.png", "dsc", total_cases=agg.training_cases)
+    if figure is not None:
+        written["dsc_vs_labels.png"] = figure
+    return written
 
 
 def aggregate_folder(

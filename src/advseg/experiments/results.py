@@ -90,6 +90,7 @@ def cell_result(folder: str | Path, command: str | None = None) -> dict[str, Any
         "seconds": record.get("seconds", {}),
         "checkpoint": record.get("checkpoint"),
         "test_cases": [t["name"] for t in record.get("test_cases", [])],
+        "cases": _case_counts(folder),
         "per_case": _per_case(folder),
         "summary": record.get("summary", {}),
         "last_validation": _last_validation(folder),
@@ -97,6 +98,15 @@ def cell_result(folder: str | Path, command: str | None = None) -> dict[str, Any
                      "torch_threads": _torch_threads()},
         "finished": record.get("finished"),
     })
+
+
+def _case_counts(folder: Path) -> dict[str, int]:
+    """How many cases the cell trained on (labeled, withheld labels, validation), from splits.json."""
+    path = folder / "splits.json"
+    if not path.is_file():
+        return {}
+    splits = json.loads(path.read_text())
+    return {k: len(splits.get(k) or []) for k in ("labeled", "unlabeled_withheld", "val", "unlabeled_extra")}
 
 
 def _torch_threads() -> int | None:

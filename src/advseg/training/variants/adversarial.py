@@ -138,15 +138,29 @@ class AdversarialTrainer(Trainer):
     ) -> tuple[dict[str, torch.Tensor], dict[str, float], torch.Tensor]:
         """Hook: S's loss terms. Returns (weighted terms, extra logs, fake label map of the labeled batch)."""
         a = self.cfg.adversarial
-        out = self.train_net("S")(batch["image"])
+        n = batch["image"].shape[0]
+        s_net = self.train_net("S")  # DDP wrapper under torchrun: these passes' gradients are averaged
+        if unl is not None and a.joint_forward:
+            # one S and one D pass over labeled + unlabeled patches (cheaper; BN sees both)
+            images = torch.cat([batch["image"], unl["image"]])
+            out_all = s_net(images)
+            out = [o[:n] for o in out_all] if isinstance(out_all, list | tuple) else out_all[:n]
+            fake_all = self.fake_labels(main_logits(out_all))
+            d_all = self.d_forward(images, fake_all)
+            fake, d_l = fake_all[:n], d_all[:n]
+            logits_u, d_u = main_logits(out_all)[n:], d_all[n:]
+        else:
+            out = s_net(batch["image"])
+            fake = self.fake_labels(main_logits(out))
+            d_l = self.d_forward(batch["image"], fake)
+            if unl is not None:
+                logits_u = main_logits(s_net(unl["image"]))
+                d_u = self.d_forward(unl["image"], self.fake_labels(logits_u))
         terms = {"loss_vox": self.loss_vox(out, batch["label"])}
-        fake = self.fake_labels(main_logits(out))
-        terms["loss_adv"] = adversarial_loss_s(self.d_forward(batch["image"], fake))
+        terms["loss_adv"] = adversarial_loss_s(d_l)
         weights = {"loss_vox": 1.0, "loss_adv": a.lambda_adv}
         logs: dict[str, float] = {}
         if unl is not None:
-            logits_u = main_logits(self.train_net("S")(unl["image"]))
-            d_u = self.d_forward(unl["image"], self.fake_labels(logits_u))
             terms["loss_adv_u"] = adversarial_loss_s(d_u)
             weights["loss_adv_u"] = a.lambda_adv_unlabeled
             loss_semi, frac = self.semi_loss(logits_u.float(), d_u.detach())
