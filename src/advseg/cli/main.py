@@ -138,6 +138,7 @@ def train(
     ] = None,
 ) -> None:
     """Train a segmenter (supervised, adversarial or semi-supervised, per the config)."""
+    from advseg.training import distributed
     from advseg.training.api import train_run
 
     try:
@@ -148,6 +149,7 @@ def train(
         train_run(cfg, data=data, out=out, unlabeled=unlabeled or [], resume=resume)
     except InputError as exc:
         fail(exc)
+    distributed.shutdown()  # under torchrun: leave the process group together
 
 
 @app.command()

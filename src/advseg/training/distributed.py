@@ -101,8 +101,10 @@ def init_from_env() -> int:
 
 
 def shutdown() -> None:
-    """Leave the process group (end of a run), so a later run in the same process starts clean."""
+    """Leave the process group once every rank is done (end of a command): a process that exits with
+    the group alive may abort while a peer still tears its connections down."""
     if is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
@@ -296,6 +298,17 @@ def wrap(module: torch.nn.Module, device: torch.device, find_unused_parameters: 
 
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused_parameters)
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Rank 0's buffers (batch-norm running statistics and the like) on every rank. DDP sends them at
+    the start of each wrapped forward pass; after the last pass each rank holds its own update, and
+    nets without a wrapper (a Mean Teacher's teacher) never get them: this makes every rank's nets equal
+    to what rank 0 checkpoints."""
+    if world_size() == 1:
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf.data, src=0)
 
 
 def to_cpu(obj: Any) -> Any:

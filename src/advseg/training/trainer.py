@@ -382,6 +382,8 @@ class Trainer:
                     self.save("last")
         finally:
             bar.close()
+        for net in self.nets.values():  # every rank ends with rank 0's (checkpointed) nets, buffers too
+            distributed.broadcast_buffers(net)
         if self.is_main:
             self.log.plot(self.run_dir / "learning_curves.png")
         return {
