@@ -106,6 +106,16 @@ def main() -> None:
         return original_fit(self, progress)
 
     Trainer.fit = fit  # type: ignore[method-assign]
+    nan_at = spec.get("nan_at")  # {"rank": r, "iteration": i}: rank r's losses become NaN there
+    if nan_at is not None:
+        check = Trainer.check_finite
+
+        def poisoned(self: Trainer, losses: dict[str, torch.Tensor]) -> None:
+            if self.rank == nan_at["rank"] and self.iteration + 1 == nan_at["iteration"]:
+                losses = {k: v * float("nan") for k, v in losses.items()}
+            check(self, losses)
+
+        Trainer.check_finite = poisoned  # type: ignore[method-assign]
     kill_at = spec.get("kill_at")
     if kill_at is not None:
         cls = trainer_class(cfg)
@@ -118,6 +128,30 @@ def main() -> None:
 
         cls.training_step = killing  # type: ignore[method-assign]
 
+    if spec.get("gan") is not None:  # the PGGAN: G, D and G's EMA
+        from advseg.synthesis import trainer as gan_trainer
+        from advseg.synthesis.config import gan_preset, merge_gan_config
+
+        init = gan_trainer._Trainer.__init__
+
+        def keep(self: Any, *args: Any, **kwargs: Any) -> None:
+            init(self, *args, **kwargs)
+            seen["gan"] = self
+
+        gan_trainer._Trainer.__init__ = keep  # type: ignore[method-assign]
+        gcfg = None if spec.get("resume") else merge_gan_config(gan_preset("small"), spec["gan"])
+        gan_trainer.train_gan(spec["data"], spec["out"], gcfg, resume=bool(spec.get("resume")),
+                              max_iterations=spec.get("max_iterations"), progress=False)
+        g = seen.pop("gan")
+        nets = {"G": g.G, "D": g.D, "G_ema": g.G_ema}
+        optims = {k: o for k, o in (("G", g.opt_g), ("D", g.opt_d)) if o is not None}
+        del g
+        reports = distributed.all_gather_object(
+            {"rank": rank, "digest": _digest(nets, optims), "writes": list(WRITES), "iteration": 0})
+        if rank == 0:
+            Path(spec["result"]).write_text(json.dumps(reports))
+        distributed.shutdown()
+        return
     if spec.get("pair_streams"):  # one process, batch 2 = the patches of ranks 0 and 1
         out = Path(spec["out"])
         cfg, tdata, _ = prepare_training(cfg, spec["data"], out, progress=False)
@@ -129,7 +163,7 @@ def main() -> None:
     else:
         train_run(None if spec.get("resume") else cfg, spec["data"], spec["out"],
                   resume=bool(spec.get("resume")), progress=False)
-    trainer = seen["trainer"]
+    trainer = seen.pop("trainer")
     report = {"rank": rank, "digest": _digest(trainer.nets, trainer.optims), "writes": list(WRITES),
               "iteration": trainer.iteration}
     reports = distributed.all_gather_object(report)
@@ -138,6 +172,7 @@ def main() -> None:
             torch.save({"end": {k: m.state_dict() for k, m in trainer.nets.items()}, "start": seen["start"]},
                        spec["weights"])
         Path(spec["result"]).write_text(json.dumps(reports))
+    del trainer
     distributed.shutdown()
 
 

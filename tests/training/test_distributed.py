@@ -53,14 +53,18 @@ def _run(cmd: list[str], env: dict[str, str], check: bool = True) -> subprocess.
     return result
 
 
-def _worker(tmp_path: Path, spec: dict, nproc: int | None = 2, check: bool = True) -> list[dict]:
-    """Run the worker (under torchrun with ``nproc`` ranks, or as one plain process for None)."""
+def _worker(tmp_path: Path, spec: dict, nproc: int | None = 2, check: bool = True,
+            output: list[str] | None = None) -> list[dict]:
+    """Run the worker (under torchrun with ``nproc`` ranks, or as one plain process for None); its
+    combined output is appended to ``output``."""
     result = tmp_path / f"result_{len(list(tmp_path.glob('result_*')))}.json"
     spec = {**spec, "result": str(result)}
     cmd = [sys.executable, str(WORKER), json.dumps(spec)]
     if nproc is not None:
         cmd = [str(TORCHRUN), "--standalone", f"--nproc_per_node={nproc}", str(WORKER), json.dumps(spec)]
-    _run(cmd, _env(tmp_path), check=check)
+    proc = _run(cmd, _env(tmp_path), check=check)
+    if output is not None:
+        output.append(proc.stdout)
     return json.loads(result.read_text()) if result.exists() else []
 
 
@@ -154,3 +158,70 @@ def test_semi_adversarial_sigkill_resume_is_bit_identical(tiny_phantom: Path, tm
     # the 2-rank checkpoint resumed on 1 process: it continues, not bit-exact (half the global batch)
     one = _worker(tmp_path, {**spec, "out": str(other), "resume": True}, nproc=None)
     assert one[0]["iteration"] == 6 and one[0]["digest"] != full[0]["digest"]
+
+
+def test_bad_input_stops_all_ranks_with_one_message(tmp_path: Path) -> None:
+    """``torchrun -m advseg train`` on a missing dataset: every rank stops, one ``error:`` line, exit != 0,
+    nothing written."""
+    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "advseg", "train",
+           "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run"),
+           "--preset", "res_unet_aux+tiny"]
+    proc = _run(cmd, _env(tmp_path), check=False)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stdout.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "missing" in errors[0], proc.stdout[-3000:]
+    assert not (tmp_path / "run").exists()
+
+
+def test_nan_on_one_rank_stops_every_rank(tiny_phantom: Path, tmp_path: Path) -> None:
+    """A NaN loss on rank 1 alone (iteration 3): both ranks stop at once with one message naming rank 1;
+    the iteration-2 checkpoint is kept and nothing later is logged."""
+    run = tmp_path / "run"
+    output: list[str] = []
+    reports = _worker(tmp_path, {"data": str(tiny_phantom), "out": str(run), "preset": "res_unet_aux+tiny",
+                                 "nan_at": {"rank": 1, "iteration": 3}}, check=False, output=output)
+    assert reports == []
+    errors = [line for line in output[0].splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, output[0][-3000:]
+    assert "NaN/Inf on rank(s) 1 at iteration 3" in errors[0]
+    assert load_checkpoint(run / "checkpoint_last.pt")["iteration"] == 2
+    assert [r["iteration"] for r in _train_rows(run)] == [1, 2]
+
+
+GAN_TINY = {"stages": [[4, 4, 4], [8, 8, 8], [8, 16, 16]], "channels": [8, 4, 4], "latent_channels": 4,
+            "iterations_per_stage": 4, "fade_fraction": 1.0, "batch_sizes": [4], "grid_samples": 2,
+            "checkpoint_every": 100, "ema_beta": 0.9, "seed": 3}
+
+
+@pytest.mark.slow
+def test_pggan_two_ranks_and_exact_resume(tiny_phantom: Path, tmp_path: Path) -> None:
+    """The 3D PGGAN (WGAN-GP, three growing stages) on 2 ranks: G, D, G's EMA and both optimizers equal on
+    both ranks, rank 1 writes nothing, each rank has its own noise stream in the checkpoint, and a run
+    stopped mid-stage (6 of 12 iterations) and resumed under torchrun ends bit-identical."""
+    from advseg.synthesis.trainer import load_state
+
+    spec = {"data": str(tiny_phantom), "preset": "res_unet_aux+tiny", "gan": GAN_TINY}
+    full = _worker(tmp_path, {**spec, "out": str(tmp_path / "full")})
+    assert full[0]["digest"] == full[1]["digest"]
+    _no_writes(full[1])
+    state = load_state(tmp_path / "full" / "checkpoints" / "latest.pt")
+    assert len(state["ranks"]) == 2 and not torch.equal(state["ranks"][0], state["ranks"][1])
+    assert (tmp_path / "full" / "grids" / "stage2_8x16x16.png").exists()
+    _worker(tmp_path, {**spec, "out": str(tmp_path / "split"), "max_iterations": 6})
+    assert load_state(tmp_path / "split" / "checkpoints" / "latest.pt")["step"] == 6
+    resumed = _worker(tmp_path, {**spec, "out": str(tmp_path / "split"), "resume": True})
+    assert resumed[0]["digest"] == resumed[1]["digest"] == full[0]["digest"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["mean_teacher", "pure_adv", "hybrid_adv", "asdnet", "fusion_pair",
+                                    "semi_adv_2d"])
+def test_variants_two_ranks_stay_equal(tiny_phantom: Path, tmp_path: Path, preset: str) -> None:
+    """Every other trainer variant on 2 ranks (with unlabeled batches where it uses them): the ranks end
+    with equal nets and optimizer states, and rank 1 writes nothing."""
+    run = tmp_path / "run"
+    reports = _worker(tmp_path, {"data": str(tiny_phantom), "out": str(run), "preset": f"{preset}+tiny",
+                                 "overrides": ["train.iterations=4", "train.val_every=4"]})
+    assert reports[0]["digest"] == reports[1]["digest"]
+    _no_writes(reports[1])
+    assert [r["iteration"] for r in _train_rows(run)] == [1, 2, 3, 4]

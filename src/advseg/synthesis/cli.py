@@ -46,6 +46,9 @@ def train(
         path = train_gan(data, out, cfg, resume=resume, progress=progress)
     except InputError as exc:
         fail(exc)
+    from advseg.training import distributed
+
+    distributed.shutdown()  # under torchrun: leave the process group together
     typer.echo(f"GAN checkpoint: {path}; sample grids in {out / 'grids'}")
 
 

@@ -24,6 +24,14 @@ Every checkpoint is written atomically and holds only tensors and plain containe
 ``torch.load(weights_only=True)`` reads it. All randomness after initialisation (batches, flips,
 noise, gradient-penalty mixing) comes from one CPU ``torch.Generator`` saved in the checkpoint, so
 a resumed run computes exactly the same weights as an uninterrupted one (same device and threads).
+
+Under ``torchrun`` (:mod:`advseg.training.distributed`) every rank trains G and D through their own
+DistributedDataParallel wrappers (gradients averaged; the nets of the stages not yet reached are unused,
+hence ``find_unused_parameters``), draws its own batches and noise from its own generator (rank r > 0:
+seed + 1000 r; the global batch is ``batch_size(stage) x world_size``), and rank 0 alone writes the run
+folder; the checkpoints hold every rank's generator state (``ranks``), so a resumed run with the same
+number of ranks continues exactly. G's forward pass inside D's step (no gradient) and D's inside G's
+step (frozen) use the nets themselves, never the wrappers.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ from advseg.synthesis.data import (
 from advseg.synthesis.figures import save_sample_grid
 from advseg.synthesis.layers import downsample, upsample
 from advseg.synthesis.networks import Discriminator, Generator, build_networks
+from advseg.training import distributed
 from advseg.training.checkpoint import load_checkpoint, save_checkpoint
 
 FORMAT = "advseg-pggan-1"
@@ -111,7 +120,12 @@ class _Trainer:
         self.G: Generator = g.to(device)
         self.D: Discriminator = d.to(device)
         self.G_ema: Generator = copy.deepcopy(self.G).eval().requires_grad_(False)
-        self.rng = torch.Generator().manual_seed(cfg.seed)
+        self.rank = distributed.rank()
+        self.rng = torch.Generator().manual_seed(cfg.seed + distributed.RANK_SEED_STRIDE * self.rank)
+        # the training forward passes whose gradients are averaged over the ranks (the nets themselves
+        # on one process); stages not yet grown leave parameters without gradient
+        self.G_train = distributed.wrap(self.G, device, find_unused_parameters=True)
+        self.D_train = distributed.wrap(self.D, device, find_unused_parameters=True)
         self.opt_g: torch.optim.Optimizer | None = None
         self.opt_d: torch.optim.Optimizer | None = None
         self.use_amp = cfg.amp and device.type == "cuda"
@@ -160,9 +174,9 @@ class _Trainer:
         fake = fake.float()
         x_hat = torch.lerp(fake, real, mix).requires_grad_(True)
         with self._autocast():
-            d_real = self.D(real, stage, alpha).float()
-            d_fake = self.D(fake, stage, alpha).float()
-            d_hat = self.D(x_hat, stage, alpha).float()
+            d_real = self.D_train(real, stage, alpha).float()
+            d_fake = self.D_train(fake, stage, alpha).float()
+            d_hat = self.D_train(x_hat, stage, alpha).float()
         (grad,) = torch.autograd.grad(d_hat.sum(), x_hat, create_graph=True)
         gp = (grad.float().flatten(1).norm(dim=1) - 1.0).pow(2).mean()
         loss_d = d_fake.mean() - d_real.mean() + c.gp_lambda * gp + c.drift * d_real.pow(2).mean()
@@ -173,7 +187,7 @@ class _Trainer:
         # G step (D frozen: its gradients are not needed)
         self.D.requires_grad_(False)
         with self._autocast():
-            loss_g = -self.D(self.G(z_g, stage, alpha), stage, alpha).float().mean()
+            loss_g = -self.D(self.G_train(z_g, stage, alpha), stage, alpha).float().mean()
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
@@ -182,7 +196,10 @@ class _Trainer:
         self._update_ema()
         out = {"loss_d": loss_d.item(), "loss_g": loss_g.item(), "gp": gp.item(),
                "d_real": d_real.mean().item(), "d_fake": d_fake.mean().item()}
+        out = distributed.mean_scalars(out)  # means over the ranks: a NaN on one stops every rank
         if not all(math.isfinite(v) for v in out.values()):
+            if not distributed.is_main():
+                raise distributed.PeerFailed()
             raise FloatingPointError(f"GAN training diverged at stage {stage} ({out}); the last checkpoint "
                                      "is kept: resume with a lower lr or a larger gp_lambda")
         return out
@@ -209,6 +226,8 @@ class _Trainer:
             "opt_g": self.opt_g.state_dict() if with_optim and self.opt_g else None,
             "opt_d": self.opt_d.state_dict() if with_optim and self.opt_d else None,
             "rng": self.rng.get_state(),
+            **({"ranks": distributed.all_gather_object(self.rng.get_state())}
+               if distributed.world_size() > 1 else {}),
             "geometry": self.tset.geometry,
             "data_files": list(self.tset.files),
         }
@@ -217,7 +236,11 @@ class _Trainer:
         self.G.load_state_dict(state["generator"])
         self.D.load_state_dict(state["discriminator"])
         self.G_ema.load_state_dict(state["generator_ema"])
-        self.rng.set_state(state["rng"])
+        ranks = state.get("ranks") or [state["rng"]]
+        if self.rank < len(ranks):
+            self.rng.set_state(ranks[self.rank])
+        else:  # more ranks than the saved run: a stream of its own (continues, not bit-exact)
+            self.rng.manual_seed(self.cfg.seed + distributed.RANK_SEED_STRIDE * self.rank + state["step"])
         if state.get("opt_g") is not None:
             self.new_optimizers()
             self.opt_g.load_state_dict(state["opt_g"])
@@ -286,34 +309,29 @@ def train_gan(data: str | Path, out: str | Path, cfg: GANConfig | None = None, r
             anything is written.
     """
     out = Path(out)
-    refuse_overlap([out], [data])
     latest = out / "checkpoints" / LATEST
-    if max_iterations is not None and max_iterations < 1:
-        raise InputError(None, f"max_iterations must be >= 1, got {max_iterations}")
-    state = None
-    if resume:
-        if not latest.is_file():
-            raise InputError(out, "nothing to resume (no checkpoints/latest.pt in this GAN folder)")
-        state = load_state(latest)
-        saved = gan_config_from_dict(state["config"], str(latest))
-        if cfg is not None and cfg != saved:
-            raise InputError(out, "the given config differs from the saved run's; resume without "
-                                  "--preset / --iterations-per-stage")
-        cfg = saved
-    elif latest.exists():
-        raise InputError(out, "already holds a GAN run: use --resume to continue it, or another --out")
+    distributed.init_from_env()
+    main = distributed.is_main()
+    # rank 0 checks the run folder and reads the checkpoint; the others get the config and state from it
+    cfg, state = distributed.run_on_main_first(
+        lambda: _settle_run(data, out, cfg, resume, max_iterations), lambda shared: shared, share=lambda r: r)
     cfg = cfg or gan_preset("small")
-    paths = find_training_images(data)
     if state is not None and is_finished(state):
         return latest
-    tset = load_training_set(paths, cfg.target_shape, cfg.hu_window, cfg.n_slices, cfg.crop_xy)
-    if state is not None and state["data_files"] != tset.files:
-        raise InputError(data, f"holds other images than the run being resumed ({len(tset.files)} vs "
-                               f"{len(state['data_files'])} files, or different names)")
+
+    def load_data() -> TrainingSet:
+        tset = load_training_set(find_training_images(data), cfg.target_shape, cfg.hu_window, cfg.n_slices,
+                                 cfg.crop_xy)
+        if state is not None and state["data_files"] != tset.files:
+            raise InputError(data, f"holds other images than the run being resumed ({len(tset.files)} vs "
+                                   f"{len(state['data_files'])} files, or different names)")
+        return tset
+
+    tset = distributed.collective(load_data)
     if state is not None:
         tset.geometry = state["geometry"]  # the run's geometry, as first computed
 
-    device = resolve_device(cfg.device)
+    device = distributed.device_for(resolve_device(cfg.device))
     trainer = _Trainer(cfg, tset, device)
     stage, it, step, elapsed = 0, 0, 0, 0.0
     if state is not None:
@@ -321,9 +339,10 @@ def train_gan(data: str | Path, out: str | Path, cfg: GANConfig | None = None, r
         stage, it, step, elapsed = state["stage"], state["iteration"], state["step"], state["elapsed_s"]
         if it >= cfg.iterations_per_stage:  # the saved stage was complete: the next one starts fresh
             stage, it = stage + 1, 0
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.save(out / "gan_config.yaml")
-    atomic_write_text(out / "geometry.json", json.dumps(tset.geometry, indent=2))
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "gan_config.yaml")
+        atomic_write_text(out / "geometry.json", json.dumps(tset.geometry, indent=2))
 
     n_stages, ips = len(cfg.stages), cfg.iterations_per_stage
     log_rows: list[dict[str, Any]] = []
@@ -331,11 +350,13 @@ def train_gan(data: str | Path, out: str | Path, cfg: GANConfig | None = None, r
     done_here = 0
 
     def checkpoint(path: Path, with_optim: bool) -> None:
-        _append_log(out / "log.csv", log_rows)
+        snapshot = trainer.state(stage, it, step, time.perf_counter() - t0, with_optim)  # collective
+        if main:
+            _append_log(out / "log.csv", log_rows)
+            save_state(path, snapshot)
         log_rows.clear()
-        save_state(path, trainer.state(stage, it, step, time.perf_counter() - t0, with_optim))
 
-    with _progress(progress) as bar:
+    with _progress(progress and main) as bar:
         task = bar.add_task("PGGAN", total=n_stages * ips, completed=stage * ips + it)
         while stage < n_stages:
             if it == 0 or trainer.opt_g is None:
@@ -359,7 +380,7 @@ def train_gan(data: str | Path, out: str | Path, cfg: GANConfig | None = None, r
                     checkpoint(latest, with_optim=True)
                     return latest
             # End of the stage: grid first, then the checkpoints (a crash in between redoes nothing).
-            if cfg.grid_samples:
+            if cfg.grid_samples and main:
                 trainer.grid(out / "grids" / f"{stage_name(cfg, stage)}.png", stage)
             checkpoint(out / "checkpoints" / f"{stage_name(cfg, stage)}.pt", with_optim=False)
             checkpoint(latest, with_optim=False)
@@ -367,3 +388,25 @@ def train_gan(data: str | Path, out: str | Path, cfg: GANConfig | None = None, r
                 return latest
             stage, it = stage + 1, 0
     return latest
+
+
+def _settle_run(data: str | Path, out: Path, cfg: GANConfig | None, resume: bool,
+                max_iterations: int | None) -> tuple[GANConfig | None, dict[str, Any] | None]:
+    """The run's config and, when resuming, its latest checkpoint; every check on the run folder."""
+    refuse_overlap([out], [data])
+    latest = out / "checkpoints" / LATEST
+    if max_iterations is not None and max_iterations < 1:
+        raise InputError(None, f"max_iterations must be >= 1, got {max_iterations}")
+    state = None
+    if resume:
+        if not latest.is_file():
+            raise InputError(out, "nothing to resume (no checkpoints/latest.pt in this GAN folder)")
+        state = load_state(latest)
+        saved = gan_config_from_dict(state["config"], str(latest))
+        if cfg is not None and cfg != saved:
+            raise InputError(out, "the given config differs from the saved run's; resume without "
+                                  "--preset / --iterations-per-stage")
+        cfg = saved
+    elif latest.exists():
+        raise InputError(out, "already holds a GAN run: use --resume to continue it, or another --out")
+    return cfg, state

@@ -32,6 +32,7 @@ must finish within that while the others wait.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import random
 from collections.abc import Callable, Sequence
@@ -101,11 +102,15 @@ def init_from_env() -> int:
 
 
 def shutdown() -> None:
-    """Leave the process group once every rank is done (end of a command): a process that exits with
-    the group alive may abort while a peer still tears its connections down."""
+    """Leave the process group once every rank is done (end of a command). Call it after the trainers
+    (their DDP wrappers hold the group) are gone: a process that exits with the group alive, or with
+    wrappers still holding it, can abort in C++ teardown ("terminate called without an active
+    exception") after its work is done."""
     if is_initialized():
+        gc.collect()  # DDP wrappers in reference cycles release the group's backend now
         dist.barrier()
         dist.destroy_process_group()
+        gc.collect()
 
 
 def device_for(device: torch.device) -> torch.device:
