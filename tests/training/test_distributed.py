@@ -109,6 +109,7 @@ def test_supervised_two_ranks(tiny_phantom: Path, tmp_path: Path) -> None:
     assert not torch.equal(state["ranks"][0]["rng"]["torch"], state["ranks"][1]["rng"]["torch"])
 
 
+@pytest.mark.slow
 def test_two_ranks_batch_one_equal_one_rank_batch_two(tiny_phantom: Path, tmp_path: Path) -> None:
     """2 ranks x batch 1 train as 1 process x batch 2 on the same patches (those of ranks 0 and 1),
     up to floating-point noise. Instance norm: batch norm's batch statistics would differ by design
@@ -173,6 +174,7 @@ def test_bad_input_stops_all_ranks_with_one_message(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_nan_on_one_rank_stops_every_rank(tiny_phantom: Path, tmp_path: Path) -> None:
     """A NaN loss on rank 1 alone (iteration 3): both ranks stop at once with one message naming rank 1;
     the iteration-2 checkpoint is kept and nothing later is logged."""
@@ -217,11 +219,16 @@ def test_pggan_two_ranks_and_exact_resume(tiny_phantom: Path, tmp_path: Path) ->
 @pytest.mark.parametrize("preset", ["mean_teacher", "pure_adv", "hybrid_adv", "asdnet", "fusion_pair",
                                     "semi_adv_2d"])
 def test_variants_two_ranks_stay_equal(tiny_phantom: Path, tmp_path: Path, preset: str) -> None:
-    """Every other trainer variant on 2 ranks (with unlabeled batches where it uses them): the ranks end
-    with equal nets and optimizer states, and rank 1 writes nothing."""
+    """Every other trainer variant on 2 ranks, with unlabeled batches after the 2 pre-training iterations
+    where it uses them: the ranks end with equal nets and optimizer states, rank 1 writes nothing."""
     run = tmp_path / "run"
+    overrides = ["train.iterations=4", "train.val_every=4", "adversarial.unlabeled_prob=1.0",
+                 "adversarial.supervised_tail=0"]
     reports = _worker(tmp_path, {"data": str(tiny_phantom), "out": str(run), "preset": f"{preset}+tiny",
-                                 "overrides": ["train.iterations=4", "train.val_every=4"]})
+                                 "overrides": overrides})
     assert reports[0]["digest"] == reports[1]["digest"]
     _no_writes(reports[1])
-    assert [r["iteration"] for r in _train_rows(run)] == [1, 2, 3, 4]
+    rows = _train_rows(run)
+    assert [r["iteration"] for r in rows] == [1, 2, 3, 4]
+    semi = preset not in ("pure_adv", "hybrid_adv")
+    assert any(r.get("unlabeled") for r in rows) == semi
