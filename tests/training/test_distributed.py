@@ -232,3 +232,30 @@ def test_variants_two_ranks_stay_equal(tiny_phantom: Path, tmp_path: Path, prese
     assert [r["iteration"] for r in rows] == [1, 2, 3, 4]
     semi = preset not in ("pure_adv", "hybrid_adv")
     assert any(r.get("unlabeled") for r in rows) == semi
+
+
+@pytest.mark.slow
+def test_experiment_cell_under_torchrun(tiny_phantom: Path, tmp_path: Path) -> None:
+    """``torchrun -m advseg experiment CONFIG --cell 0``: the cell trains on 2 ranks, rank 0 predicts,
+    evaluates and writes ``cell.json`` and the tables; a second launch finds the cell done."""
+    import yaml
+
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "name": "ddp_matrix", "data": str(tiny_phantom), "size": "tiny", "folds": 2, "seeds": [0],
+        "fractions": [1.0], "test": "cv", "overrides": ["train.iterations=2", "train.val_every=0"],
+        "methods": [{"name": "aux", "preset": "res_unet_aux"}]}))
+    out = tmp_path / "out"
+    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "advseg", "experiment", str(cfg),
+           "--out", str(out), "--quiet", "--cell", "0"]
+    first = _run(cmd, _env(tmp_path))
+    cells = list(out.rglob("cell.json"))
+    assert len(cells) == 1
+    record = json.loads(cells[0].read_text())
+    assert record["train"]["iterations"] == 2 and record["summary"]
+    state = load_checkpoint(cells[0].parent / "checkpoint_last.pt")
+    assert state["world_size"] == 2
+    assert first.stdout.count("cell 0 finished; 1 of 2 cells done") == 1  # rank 0 alone reports
+    again = _run(cmd, _env(tmp_path))
+    assert again.stdout.count("cell 0 finished; 1 of 2 cells done") == 1
+    assert json.loads(cells[0].read_text())["finished"] == record["finished"]  # not run again

@@ -53,6 +53,13 @@ def experiment(
                 return
             if not aggregate_only:
                 matrix.run([cell] if cell is not None else None, progress=not quiet, results=results)
+                from advseg.training import distributed
+
+                if distributed.world_size() > 1:  # torchrun: every rank trained; rank 0 goes on alone
+                    main = distributed.is_main()
+                    distributed.shutdown()
+                    if not main:
+                        return
             else:
                 matrix.check_out()
             done, total = matrix.status()

@@ -631,15 +631,16 @@ class ExperimentMatrix:
         return folder_test_cases(mode["images"], mode["labels"])
 
     # ---------------------------------------------------------------- one cell
-    def run_cell(self, cell: Cell, folder: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
-        """Train (or resume) one cell, predict its test cases, evaluate, write ``cell.json``."""
+    def _cell_setup(self, cell: Cell, folder: Path, progress: bool) -> dict[str, Any]:
+        """Everything before a cell's training: ``{"record": ...}`` for a finished cell, else its config,
+        data, test cases, labels, unlabeled folders and whether to resume (may write: phantom data,
+        synthetic images, clearing a cell that never saved)."""
         from advseg.data.dataset import load_dataset
-        from advseg.training.api import finalize_config, train_run
+        from advseg.training.api import finalize_config
 
-        folder = Path(folder) if folder is not None else self.cell_folder(cell)
         record = self.done_record(cell, folder)
         if record is not None:
-            return record
+            return {"record": record}
         method = self.config.method(cell.method)
         cfg = self.requested_config(cell)
         data = self.data_dir(progress)
@@ -647,15 +648,38 @@ class ExperimentMatrix:
         tests = self.test_cases(cfg, index)
         resume = _prepare_cell_folder(folder, finalize_config(cfg, index))
         unlabeled = self.unlabeled_dirs(method, data, progress)
+        return {"cfg": cfg, "data": data, "tests": tests, "labels": index.labels, "resume": resume,
+                "unlabeled": unlabeled}
+
+    def run_cell(self, cell: Cell, folder: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+        """Train (or resume) one cell, predict its test cases, evaluate, write ``cell.json``.
+
+        Under ``torchrun`` every rank calls it: rank 0 alone prepares the cell (and writes), every rank
+        trains (:func:`advseg.training.api.train_run` with DDP), rank 0 alone predicts, evaluates and
+        writes ``cell.json``; the other ranks return ``{}``."""
+        from advseg.training import distributed
+        from advseg.training.api import train_run
+
+        folder = Path(folder) if folder is not None else self.cell_folder(cell)
+        if distributed.world_size() > 1:
+            setup = distributed.run_on_main_first(lambda: self._cell_setup(cell, folder, progress),
+                                                  lambda shared: shared, share=lambda r: r)
+        else:
+            setup = self._cell_setup(cell, folder, progress)
+        if "record" in setup:
+            return setup["record"] if distributed.is_main() else {}
+        cfg, data, tests, unlabeled = setup["cfg"], setup["data"], setup["tests"], setup["unlabeled"]
 
         t0 = time.perf_counter()
-        result = train_run(cfg, data, folder, unlabeled=unlabeled, resume=resume, progress=progress,
-                           device=self.device)
+        result = train_run(cfg, data, folder, unlabeled=unlabeled, resume=setup["resume"],
+                           progress=progress and distributed.is_main(), device=self.device)
         t_train = time.perf_counter() - t0
+        if not distributed.is_main():
+            return {}
         checkpoint = self.config.checkpoint
         if checkpoint == "auto":
             checkpoint = "last" if self.config.test == "cv" else "best"
-        summary = predict_and_evaluate(folder, tests, index.labels, checkpoint=checkpoint,
+        summary = predict_and_evaluate(folder, tests, setup["labels"], checkpoint=checkpoint,
                                        save_confidence=self.config.save_confidence,
                                        nsd_tolerance_mm=self.config.nsd_tolerance_mm, device=self.device)
         record = {
@@ -683,8 +707,17 @@ class ExperimentMatrix:
         """Run the given cells (default all), skipping finished ones; returns their records.
 
         ``results``: also write each finished cell (also those finished before) as a committable JSON
-        file into this folder (:func:`advseg.experiments.results.export_cell_result`)."""
+        file into this folder (:func:`advseg.experiments.results.export_cell_result`).
+
+        Under ``torchrun`` (``torchrun --nproc_per_node=N -m advseg experiment ...``) each cell trains on
+        all N ranks with DDP; rank 0 alone writes (manifest, cells, results) and the other ranks return
+        ``[]``."""
         from advseg.experiments.results import export_cell_result
+        from advseg.training import distributed
+
+        distributed.init_from_env()
+        if distributed.world_size() > 1:
+            return self._run_distributed(indices, progress, results)
 
         for i in indices or []:
             if not 0 <= i < len(self.cells):
@@ -710,6 +743,31 @@ class ExperimentMatrix:
                 export_cell_result(self.cell_folder(cell), results)
         display.show(next_cell=None)
         return [records[c.index] for c in cells]
+
+    def _run_distributed(self, indices: list[int] | None, progress: bool,
+                         results: str | Path | None) -> list[dict[str, Any]]:
+        """:meth:`run` under torchrun: rank 0 checks and lists the pending cells, every rank trains them."""
+        from advseg.experiments.results import export_cell_result
+        from advseg.training import distributed
+
+        def plan() -> list[int]:
+            for i in indices or []:
+                if not 0 <= i < len(self.cells):
+                    raise InputError(self.config.source,
+                                     f"--cell {i}: the matrix has cells 0..{len(self.cells) - 1}")
+            self.write_manifest()
+            cells = self.cells if indices is None else [self.cells[i] for i in indices]
+            return [c.index for c in cells]
+
+        todo = distributed.run_on_main_first(plan, lambda shared: shared, share=lambda r: r)
+        records = []
+        for i in todo:
+            record = self.run_cell(self.cells[i], progress=progress)
+            if distributed.is_main():
+                records.append(record)
+                if results is not None:
+                    export_cell_result(self.cell_folder(self.cells[i]), results)
+        return records
 
     def status(self) -> tuple[int, int]:
         """(finished cells, all cells)."""
