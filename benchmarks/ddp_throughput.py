@@ -89,7 +89,9 @@ def main() -> None:
         write_phantom_dataset(data, labeled=4, unlabeled=0, test=0, shape=(32, 128, 128), seed=0)
         for n in [int(x) for x in args.procs.split(",")]:
             threads = max(1, args.threads_total // n)
-            env = {**os.environ, "OMP_NUM_THREADS": str(threads), "ADVSEG_CACHE": str(Path(tmp) / "cache")}
+            # the CLI's OpenMP setting (advseg.cli.main): idle threads spin briefly, then sleep
+            env = {"GOMP_SPINCOUNT": "10000", **os.environ, "OMP_NUM_THREADS": str(threads),
+                   "ADVSEG_CACHE": str(Path(tmp) / "cache")}
             cmd = [str(torchrun), "--standalone", f"--nproc_per_node={n}", __file__, "--worker",
                    "--threads", str(threads), "--preset", args.preset, "--steps", str(args.steps),
                    "--warmup", str(args.warmup), "--data", str(data), "--scratch", tmp]
