@@ -82,7 +82,9 @@ def _config(preset: str | None, config: Path | None, overrides: list[str] | None
 
     if preset and config:
         raise InputError(config, "give --preset or --config, not both")
-    cfg = load_config(config) if config else load_preset(preset or "res_unet_aux+cpu")
+    # validated once, after the overrides (a preset value an override replaces may not fit alone)
+    cfg = load_config(config, validate=False) if config else load_preset(preset or "res_unet_aux+cpu",
+                                                                         validate=False)
     return apply_overrides(cfg, overrides or [])
 
 

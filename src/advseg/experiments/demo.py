@@ -64,7 +64,7 @@ def run_method(
     from advseg.inference.api import predict_path
     from advseg.training.api import train_run
 
-    cfg = load_preset(f"{name}+{size}")
+    cfg = load_preset(f"{name}+{size}", validate=False)  # validated with the overrides
     extra = [f"train.seed={seed}"]
     if cfg.loss.name == "adaptive_ce" and size != "paper":
         extra.append(f"loss.name={SHORT_SCHEDULE_LOSS}")

@@ -454,7 +454,7 @@ def cell_config(cfg: MatrixConfig, method: MethodSpec, level: Level, fold: int, 
     settings, then the cell's fold, seed and labeled level."""
     preset = method.preset if not cfg.size else f"{method.preset}+{cfg.size}"
     try:
-        base = load_preset(preset)
+        base = load_preset(preset, validate=False)  # validated with the overrides
         return apply_overrides(base, [
             *cfg.overrides, *method.overrides, f"train.folds={cfg.folds}", f"train.fold={fold}",
             f"train.seed={seed}", *level.overrides(),

@@ -134,7 +134,7 @@ def load_model(
     if not path.exists():
         raise InputError(run_dir, f"no checkpoint_{checkpoint}.pt in this run folder")
     state = load_checkpoint(path)
-    cfg = config_from_dict(state["config"])
+    cfg = config_from_dict(state["config"], where=path)
     overrides = {k: v for k, v in inference_overrides.items() if v is not None}
     if overrides:
         cfg = replace(cfg, inference=replace(cfg.inference, **overrides))

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from advseg.config import Config, load_config
+from advseg.config import Config, load_config, validate_config
 from advseg.data.dataset import DatasetIndex, load_dataset
 from advseg.data.labels import lr_pairs
 from advseg.data.preprocess import default_cache_root, preprocess_dataset
@@ -100,8 +100,7 @@ def prepare_training(
     """Validate the inputs, preprocess (cached) and build the batch sources. Writes nothing in ``out``."""
     out = Path(out)
     _check_out(out, resume)
-    if cfg is None:
-        cfg = load_config(out / "config.yaml")
+    cfg = load_config(out / "config.yaml") if cfg is None else validate_config(cfg)
     index = load_dataset(data, unlabeled_dirs=list(unlabeled or []))
     validate_dataset(index, check_test=False)
     cfg = finalize_config(cfg, index)
