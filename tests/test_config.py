@@ -73,7 +73,7 @@ def _lines(exc: InputError) -> list[str]:
         ("adversarial.d_lr=0", "config: adversarial.d_lr: must be > 0, got 0.0"),
         ("augment.flip_prob=1.5", "config: augment.flip_prob: must be in [0, 1], got 1.5"),
         ("adversarial.t_semi=-0.1", "config: adversarial.t_semi: must be in [0, 1], got -0.1"),
-        ("augment.contrast_gamma=[1.5, 0.7]", "config: augment.contrast_gamma: must be [lo, hi] with lo <= hi"),
+        ("augment.contrast_gamma=[1.5, 0.7]", "config: augment.contrast_gamma: must be [lo, hi] with lo <="),
         ("augment.contrast_gamma=[0, 1]", "config: augment.contrast_gamma: entry 0 must be > 0, got 0.0"),
         ("data.hu_window=[350, -250]", "config: data.hu_window: must be [lo, hi] with lo < hi"),
         ("data.patch_size=[16, 30, 32]", "config: data.patch_size: every size must be divisible by 4"),

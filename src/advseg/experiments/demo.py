@@ -31,6 +31,7 @@ from typing import Any
 from advseg.config import apply_overrides, load_preset, preset_names
 from advseg.errors import InputError
 from advseg.io.atomic import atomic_write_text
+from advseg.io.lock import LOCK_NAME, check_unlocked
 
 DEFAULT_METHODS = ("res_unet_aux",)
 DEMO_MARKER = "demo.json"
@@ -44,6 +45,8 @@ def _prepare_out(out: Path) -> None:
             raise InputError(
                 out, "folder exists, is not empty and is not a previous demo; choose another --out"
             )
+        for lock in out.glob(f"*/{LOCK_NAME}"):
+            check_unlocked(lock.parent)  # a demo still training there is never deleted under it
         shutil.rmtree(out)  # a previous demo of ours: replaced whole, never mixed
     out.mkdir(parents=True, exist_ok=True)
 

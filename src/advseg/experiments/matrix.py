@@ -85,6 +85,7 @@ import numpy as np
 from advseg.config import Config, apply_overrides, load_config, load_preset, load_yaml_mapping
 from advseg.errors import InputError
 from advseg.io.atomic import atomic_write_text
+from advseg.io.lock import LOCK_NAME, check_unlocked
 
 EXPERIMENT_DIR = Path(__file__).resolve().parents[1] / "configs" / "experiments"
 MATRIX_FILE = "matrix.json"
@@ -103,7 +104,7 @@ DEFAULT_PHANTOM: dict[str, Any] = {
 _CELL_OUTPUTS = {
     "config.yaml", "dataset_info.json", "splits.json", "log.jsonl", "learning_curves.png", "figures",
     "checkpoint_best.pt", "checkpoint_last.pt", "predictions", "test_labels", "evaluation",
-    DONE_FILE,
+    DONE_FILE, LOCK_NAME,
 }
 
 
@@ -767,6 +768,7 @@ def _prepare_cell_folder(folder: Path, expected: Config) -> bool:
     """
     if not folder.exists() or not any(folder.iterdir()):
         return False
+    check_unlocked(folder)  # never clear or judge a cell another job is training right now
     entries = {p.name for p in folder.iterdir()}
     if not (folder / "config.yaml").is_file() or entries - _CELL_OUTPUTS:
         raise InputError(folder, "exists, is not empty and is not a run folder of this experiment")

@@ -3,6 +3,7 @@
 Run folder layout::
 
     config.yaml            the final, fully expanded config
+    .advseg.lock           host and PID of the process writing the folder (while it runs)
     dataset_info.json      class names, modality, channels, left/right pairs (used by predict)
     splits.json            the fold split and the labeled / unlabeled case lists actually used
     checkpoint_last.pt     written every ``train.checkpoint_every`` iterations (resume point)
@@ -31,6 +32,7 @@ from advseg.data.splits import labeled_subset, load_or_create_splits, unlabeled_
 from advseg.data.validate import validate_dataset
 from advseg.errors import InputError
 from advseg.io.atomic import atomic_write_text
+from advseg.io.lock import LOCK_NAME, RunLock, check_unlocked
 from advseg.training.trainer import BatchSource, TrainData, TrainingDiverged
 from advseg.transforms.augment import build_augmentation
 
@@ -81,11 +83,14 @@ def splits_path(cache_root: Path, index: DatasetIndex, cfg: Config) -> Path:
 
 
 def _check_out(out: Path, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "run folder is a file")
+    check_unlocked(out)  # a run writing this folder right now: fail at once, before any work
     if resume:
         if not (out / "config.yaml").exists():
             raise InputError(out, "nothing to resume: no config.yaml in this run folder")
         return
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
         raise InputError(out, "run folder exists and is not empty (use --resume, or another --out)")
 
 
@@ -207,8 +212,13 @@ def train_run(
     out = Path(out)
     cfg, tdata, info = prepare_training(cfg, data, out, unlabeled, resume, progress)
     fresh = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
     try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(out, f"cannot create the run folder ({exc.strerror or exc})") from None
+    lock = RunLock(out).acquire()  # one writer per run folder (a second train/--resume fails)
+    try:
+        _check_out(out, resume)  # again, under the lock: another run may have started meanwhile
         cfg.save(out / "config.yaml")
         _write_json(out / "dataset_info.json", info)
         _write_json(out / "splits.json", {"fold": cfg.train.fold, "folds": cfg.train.folds, **info["cases"]})
@@ -219,9 +229,12 @@ def train_run(
     except TrainingDiverged as exc:
         raise SystemExit(f"error: {out}: {exc}") from None
     except BaseException:
+        lock.release()
         if fresh and not (out / "checkpoint_last.pt").exists():
             shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping from a run that never saved
         raise
+    finally:
+        lock.release()
     return result
 
 

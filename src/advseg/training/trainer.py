@@ -33,6 +33,7 @@ from advseg.inference.sliding import predict_logits
 from advseg.losses import build_loss
 from advseg.networks.factory import build_network, channels_last_input, to_channels_last
 from advseg.training.checkpoint import (
+    CHECKPOINT_FORMAT,
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
@@ -339,7 +340,7 @@ class Trainer:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {
-            "format": "advseg-checkpoint-1",
+            "format": CHECKPOINT_FORMAT,
             "iteration": self.iteration,
             "best_score": self.best_score,
             "best_iteration": self.best_iteration,
