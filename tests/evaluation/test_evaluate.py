@@ -12,6 +12,7 @@ import pytest
 from advseg.errors import InputError
 from advseg.evaluation.evaluate import evaluate_folders, format_summary, read_class_names
 from advseg.io import Volume, write_volume
+from advseg.io.guard import MANIFEST
 from advseg.metrics import compute_case_metrics
 
 SPACING_XYZ = (0.8, 0.9, 3.0)
@@ -96,7 +97,8 @@ def test_end_to_end(folders, caplog):
     assert f"{np.mean(dsc):.3f} ± {np.std(dsc, ddof=1):.3f}" in table[2]
     assert "(n=2)" in table[3] and "(n=2)" not in table[2]
     assert "extra_999" in md
-    assert not list(out.glob(".*"))  # no temporary file of the atomic writer left behind
+    # no temporary file of the atomic writer left behind; the one hidden file is the output manifest
+    assert [p.name for p in out.glob(".*")] == [MANIFEST]
 
     text = format_summary(summary)
     assert "prostate" in text and "HD95 (mm)" in text and f"{np.mean(dsc):.3f}±" in text

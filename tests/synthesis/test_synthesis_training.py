@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -150,7 +151,8 @@ def test_sampling_is_deterministic_with_a_proper_affine(trained_gan: Path, tiny_
     assert not np.array_equal(va[0].array, va[1].array)  # different samples within a run
     # fewer samples into the same folder: the first ones are the same volumes, stale ones removed
     again = sample_gan(trained_gan, 2, tmp_path / "a", seed=5, device="cpu")
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["synth_000.nii.gz", "synth_001.nii.gz"]
+    kept = sorted(p.name for p in (tmp_path / "a").iterdir() if not p.name.startswith("."))
+    assert kept == ["synth_000.nii.gz", "synth_001.nii.gz"]
     assert np.array_equal(read_volume(again[1]).array, va[1].array)
     # directly usable as the unlabeled pool of a dataset
     from advseg.data.dataset import load_dataset
@@ -195,8 +197,10 @@ def test_report_with_a_fake_segmenter(trained_gan: Path, tiny_phantom: Path, tmp
         assert Path(result[key]).read_bytes()[:4] == b"\x89PNG"
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| bladder |" in md and "Wasserstein" in md
+    (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no synth_"):
-        synthesis_report(trained_gan, tmp_path / "model", tiny_phantom, tmp_path / "rep2", samples=tmp_path)
+        synthesis_report(trained_gan, tmp_path / "model", tiny_phantom, tmp_path / "rep2",
+                         samples=tmp_path / "empty")
     # the command, on the samples just written
     res = CliRunner().invoke(app, ["report", str(trained_gan), "--model", str(tmp_path / "model"), "--data",
                                    str(tiny_phantom), "--out", str(tmp_path / "rep3"), "--samples",
@@ -233,10 +237,46 @@ def test_synthesize_unlabeled_trains_once_then_reuses(tiny_phantom: Path, tmp_pa
     out = synthesize_unlabeled(tiny_phantom, tmp_path / "synthetic", n=2, seed=0, iterations_per_stage=1,
                                progress=False)
     assert out == tmp_path / "synthetic"
-    assert sorted(p.name for p in out.iterdir()) == ["synth_000.nii.gz", "synth_001.nii.gz"]
+    kept = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert kept == ["synth_000.nii.gz", "synth_001.nii.gz"]
     assert read_volume(out / "synth_000.nii.gz").shape == (32, 64, 64)  # the images' grid
     latest = tmp_path / "synthetic_gan" / "checkpoints" / "latest.pt"
     stamp = latest.stat().st_mtime_ns
     synthesize_unlabeled(tiny_phantom, out, n=3, seed=0, iterations_per_stage=1, progress=False)
     assert latest.stat().st_mtime_ns == stamp  # trained once
     assert len(list(out.glob("synth_*.nii.gz"))) == 3
+
+
+def test_synthesis_commands_never_touch_their_inputs(trained_gan: Path, tiny_phantom: Path,
+                                                     tmp_path: Path) -> None:
+    """Output = input, or a folder of someone else's files: one line, exit 2, nothing changed; with
+    --overwrite, samples go into such a folder but no file of its own is removed."""
+    import hashlib
+
+    def hashes(root: Path) -> dict[str, str]:
+        return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+
+    runner = CliRunner()
+    data = Path(shutil.copytree(tiny_phantom, tmp_path / "data"))
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    (pool / "synth_099.nii.gz").write_bytes(b"a user's own volume with a sample-like name")
+    cases = [
+        (["train", "--data", str(data), "--out", str(data)], "output is the input"),
+        (["sample", str(trained_gan), "--out", str(trained_gan), "--n", "1"], "output is the input folder"),
+        (["sample", str(trained_gan), "--out", str(pool), "--n", "1"], "did not write (synth_099"),
+        (["report", str(trained_gan), "--model", str(trained_gan), "--data", str(data), "--out",
+          str(data / "rep")], "lies inside the input"),
+    ]
+    for args, expected in cases:
+        before = {**hashes(tmp_path), **hashes(trained_gan)}
+        res = runner.invoke(app, args)
+        lines = [line for line in res.output.splitlines() if line.strip()]
+        assert res.exit_code == 2 and len(lines) == 1 and expected in lines[0], (args, res.output)
+        assert {**hashes(tmp_path), **hashes(trained_gan)} == before
+    for n in (2, 1):  # fewer samples the second time: only the stale sample of its own is removed
+        res = runner.invoke(app, ["sample", str(trained_gan), "--out", str(pool), "--n", str(n),
+                                  "--overwrite"])
+        assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in pool.glob("synth_*")) == ["synth_000.nii.gz", "synth_099.nii.gz"]
+    assert (pool / "synth_099.nii.gz").read_bytes().startswith(b"a user's own")

@@ -127,14 +127,18 @@ def predict(
         bool, typer.Option(help="Also write D's confidence map per case (into OUTPUT's confidence/ folder).")
     ] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    overwrite: Annotated[bool, typer.Option(
+        help="Write into an OUTPUT folder that holds other files, or replace an OUTPUT file.")] = False,
 ) -> None:
-    """Segment images with a trained model; labels come out in each input's original geometry."""
+    """Segment images with a trained model; labels come out in each input's original geometry.
+
+    OUTPUT may never be, contain or lie inside INPUT (refused before anything is read)."""
     from advseg.inference.api import predict_path
 
     try:
         predict_path(
             model_dir, input, output, mode=mode, tta=tta, keep_largest=keep_largest,
-            checkpoint=checkpoint, save_confidence=save_confidence, device=device,
+            checkpoint=checkpoint, save_confidence=save_confidence, device=device, overwrite=overwrite,
         )
     except InputError as exc:
         fail(exc)
@@ -147,6 +151,7 @@ def evaluate(
     out: Annotated[Path | None, typer.Option(help="Where to write per_case.csv, summary.md/json.")] = None,
     dataset_json: Annotated[Path | None, typer.Option(help="dataset.json naming the classes.")] = None,
     nsd_tolerance: Annotated[float, typer.Option(help="Normalized surface Dice tolerance (mm).")] = 2.0,
+    overwrite: Annotated[bool, typer.Option(help="Write into an --out folder holding other files.")] = False,
 ) -> None:
     """Per-case and per-organ metrics (DSC, AHD, ASHD, RVD, HD95, NSD, ...) of predictions vs labels."""
     from advseg.evaluation.evaluate import evaluate_folders, format_summary
@@ -154,7 +159,7 @@ def evaluate(
     try:
         summary = evaluate_folders(
             pred_dir, label_dir, out or pred_dir.parent / f"{pred_dir.name}_eval",
-            dataset_json=dataset_json, nsd_tolerance_mm=nsd_tolerance,
+            dataset_json=dataset_json, nsd_tolerance_mm=nsd_tolerance, overwrite=overwrite,
         )
     except InputError as exc:
         fail(exc)

@@ -39,6 +39,7 @@ import numpy as np
 from advseg.errors import InputError, InputErrors
 from advseg.io import io_for, read_volume, strip_suffix
 from advseg.io.atomic import atomic_path
+from advseg.io.guard import check_output_dir, record_outputs, refuse_overlap
 from advseg.metrics.accumulate import METRIC_UNITS, METRICS, MetricAccumulator, compute_case_metrics
 
 log = logging.getLogger(__name__)
@@ -211,6 +212,7 @@ def evaluate_folders(
     nsd_tolerance_mm: float = 2.0,
     labels: Mapping[int, str] | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Summary:
     """Evaluate every label file in ``label_dir`` against the same-named file in ``pred_dir``.
 
@@ -223,6 +225,9 @@ def evaluate_folders(
         labels: class index -> name; overrides ``dataset_json``. Background (0) is never scored; every
             other value in the files must be named here (or in the dataset.json).
         progress: show a progress bar on stderr.
+        overwrite: write into an ``out_dir`` that holds files other than earlier evaluations
+            (:func:`advseg.io.guard.check_output_dir`). ``out_dir`` may never be, contain or lie
+            inside an input (checked first).
 
     Returns:
         ``{organ: {metric: {"mean": float, "std": float, "n": int}}}``, exactly the content of
@@ -233,11 +238,11 @@ def evaluate_folders(
             values the class list does not know; all are found before anything is written.
     """
     pred_dir, label_dir, out_dir = Path(pred_dir), Path(label_dir), Path(out_dir)
+    refuse_overlap([out_dir], [pred_dir, label_dir, dataset_json])
     for folder in (label_dir, pred_dir):
         if not folder.is_dir():
             raise InputError(folder, "folder not found")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(out_dir, "exists and is not a folder")
+    check_output_dir(out_dir, "evaluate", overwrite)
     if not (math.isfinite(nsd_tolerance_mm) and nsd_tolerance_mm >= 0):
         raise InputError(None, f"NSD tolerance must be a number >= 0 mm, got {nsd_tolerance_mm}")
     dataset_json = None if dataset_json is None else Path(dataset_json)
@@ -303,15 +308,16 @@ def evaluate_folders(
         acc.add(case, {name: values.get(i, both_empty) for i, name in classes.items()})
     summary = _json_safe(acc.summary())
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic({
+    files = {
         out_dir / "per_case.csv": _per_case_csv(acc, classes),
         out_dir / "summary.json": json.dumps(summary, indent=2, allow_nan=False) + "\n",
         out_dir / "summary.md": _summary_markdown(
             summary, n_cases=len(acc), pred_dir=pred_dir, label_dir=label_dir, class_source=class_source,
             nsd_tolerance_mm=nsd_tolerance_mm, notes=notes,
         ),
-    })
+    }
+    record_outputs(out_dir, "evaluate", files)
+    _write_atomic(files)
     return summary
 
 

@@ -62,6 +62,19 @@ code{background:#f5f5f5;padding:0 .2em}
 """
 
 
+_SIGNATURE = "Written by advseg report"
+
+
+def _is_report(path: Path) -> bool:
+    """Whether ``path`` is a report this module wrote (the only file ``write_report`` replaces)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, path.stat().st_size - 4096))
+            return _SIGNATURE.encode() in f.read()
+    except OSError:
+        return False
+
+
 def write_report(path: str | Path, out: str | Path | None = None) -> Path:
     """Write ``report.html`` for ``path`` (default into ``path``) and return its path.
 
@@ -73,6 +86,8 @@ def write_report(path: str | Path, out: str | Path | None = None) -> Path:
     out = Path(out) if out is not None else collection.root / "report.html"
     if out.exists() and out.is_dir():
         raise InputError(out, "is a folder; give the HTML file to write")
+    if out.is_file() and not _is_report(out):
+        raise InputError(out, "exists and is not an advseg report; choose another file name")
     parts = [f"<h1>{_e(collection.name)}</h1>", _overview(collection)]
     agg = None
     try:
@@ -91,7 +106,7 @@ def write_report(path: str | Path, out: str | Path | None = None) -> Path:
     page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>advseg report: {_e(collection.name)}</title><style>{_CSS}</style></head><body>"
             + "\n".join(p for p in parts if p)
-            + f"<p class='note'>Written by advseg report on {time.strftime('%Y-%m-%d %H:%M')}.</p>"
+            + f"<p class='note'>{_SIGNATURE} on {time.strftime('%Y-%m-%d %H:%M')}.</p>"
             + "</body></html>\n")
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, page)

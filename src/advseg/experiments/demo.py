@@ -39,16 +39,36 @@ SHORT_SCHEDULE_LOSS = "dice_ce"
 DEMO_PHANTOM = {"labeled": 24, "unlabeled": 12, "test": 6, "shape": (64, 128, 128)}
 
 
+_DEMO_FILES = ("data", "synthetic", "synthetic_gan", "summary.json", "comparison.json", "comparison.md",
+               DEMO_MARKER)
+
+
 def _prepare_out(out: Path) -> None:
-    if out.exists() and any(out.iterdir()):
-        if not (out / DEMO_MARKER).exists():
-            raise InputError(
-                out, "folder exists, is not empty and is not a previous demo; choose another --out"
-            )
-        for lock in out.glob(f"*/{LOCK_NAME}"):
-            check_unlocked(lock.parent)  # a demo still training there is never deleted under it
-        shutil.rmtree(out)  # a previous demo of ours: replaced whole, never mixed
-    out.mkdir(parents=True, exist_ok=True)
+    """An earlier demo in ``out`` is replaced, entry by entry: only what a demo writes (the data, the
+    method folders its marker names, the summaries) is removed; anything else in ``out`` (a user's
+    own file or folder) makes the demo refuse the folder instead of deleting it."""
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "exists and is not a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        out.mkdir(parents=True, exist_ok=True)
+        return
+    marker = out / DEMO_MARKER
+    if not marker.is_file():
+        raise InputError(out, "folder exists, is not empty and is not a previous demo; choose another --out")
+    try:
+        methods = json.loads(marker.read_text()).get("methods", [])
+    except (OSError, ValueError, AttributeError):
+        raise InputError(marker, "unreadable demo marker; choose another --out") from None
+    ours = set(_DEMO_FILES) | {str(m) for m in methods}
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in ours and not p.name.startswith("."))
+    if foreign:
+        raise InputError(out / foreign[0], "not written by the demo; move it out of this previous demo "
+                                           "folder (it is replaced on every run), or choose another --out")
+    for lock in out.glob(f"*/{LOCK_NAME}"):
+        check_unlocked(lock.parent)  # a demo still training there is never deleted under it
+    for p in out.iterdir():
+        if p.name in ours:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
 def run_method(

@@ -85,6 +85,7 @@ import numpy as np
 from advseg.config import Config, apply_overrides, load_config, load_preset, load_yaml_mapping
 from advseg.errors import InputError
 from advseg.io.atomic import atomic_write_text
+from advseg.io.guard import refuse_overlap
 from advseg.io.lock import LOCK_NAME, check_unlocked
 
 EXPERIMENT_DIR = Path(__file__).resolve().parents[1] / "configs" / "experiments"
@@ -512,7 +513,11 @@ class ExperimentMatrix:
         return record
 
     def check_out(self) -> None:
-        """The matrix folder must be new, empty, or a matrix folder already (never a stranger's)."""
+        """The matrix folder must be new, empty, or a matrix folder already (never a stranger's), and
+        may not be, contain or lie inside the config file, the dataset or a test folder."""
+        c = self.config
+        test_dirs = list(c.test.values()) if isinstance(c.test, dict) else []
+        refuse_overlap([self.out], [c.source, c.data, *test_dirs])
         if self.out.exists() and not self.out.is_dir():
             raise InputError(self.out, "exists and is not a folder")
         if self.out.is_dir() and any(self.out.iterdir()) and not (self.out / MATRIX_FILE).exists():

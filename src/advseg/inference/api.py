@@ -23,6 +23,7 @@ from advseg.errors import InputError
 from advseg.inference.postprocess import keep_largest_component
 from advseg.inference.sliding import flip_tta, predict_logits
 from advseg.io import Volume, read_volume, strip_suffix, write_volume
+from advseg.io.guard import check_output_dir, check_output_file, record_outputs, refuse_overlap
 from advseg.networks.factory import build_network, to_channels_last
 from advseg.training.checkpoint import load_checkpoint
 from advseg.training.trainer import resolve_device
@@ -175,13 +176,20 @@ def predict_path(
     save_confidence: bool = False,
     device: str = "auto",
     progress: bool = True,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Segment a NIfTI file or every image of a folder; write ``<case>.nii.gz`` label maps.
 
     All inputs are read and checked before anything is written. For a single file, ``output`` may
     be a file name (``*.nii.gz``) or a folder. Returns the written label files.
+
+    ``output`` may not be, lie inside, or contain ``input`` (nor be or contain ``model_dir``; a
+    folder inside the run folder is fine), checked before anything is read. An output folder must be
+    new, empty, or hold only earlier ``advseg predict`` outputs (see :mod:`advseg.io.guard`); an
+    existing output file, or a folder with other files, needs ``overwrite=True``.
     """
     input, output = Path(input), Path(output)
+    refuse_overlap([output], [input], hosts=[model_dir])
     model = load_model(model_dir, checkpoint, device, mode=mode, tta_flip=tta, keep_largest=keep_largest)
     cases = _inputs(input)
     n_channels = model.cfg.network.in_channels
@@ -196,6 +204,16 @@ def predict_path(
                 raise InputError(f, "image contains NaN or Inf values")
     single_file = input.is_file() and output.name.endswith((".nii.gz", ".nii"))
     targets = {name: output if single_file else output / f"{name}.nii.gz" for name in cases}
+    if single_file:
+        check_output_file(output, overwrite)
+        if save_confidence:
+            check_output_file(confidence_path(output), overwrite)
+    else:
+        check_output_dir(output, "predict", overwrite)
+        written = list(targets.values())
+        if save_confidence:
+            written += [confidence_path(t) for t in targets.values()]
+        record_outputs(output, "predict", written)
     return predict_cases(model, cases, targets, save_confidence=save_confidence, progress=progress)
 
 

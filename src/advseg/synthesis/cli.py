@@ -57,12 +57,14 @@ def sample(
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same volumes.")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     resolution: Annotated[str, typer.Option(help="data (images' grid) | gan (GAN's grid).")] = "data",
+    overwrite: Annotated[bool, typer.Option(help="Write into an --out folder holding other files.")] = False,
 ) -> None:
     """Write synthesized CT volumes (int16 HU, with the training data's field of view)."""
     from advseg.synthesis.api import sample_gan
 
     try:
-        paths = sample_gan(gan_dir, n, out, seed=seed, device=device, resolution=resolution)
+        paths = sample_gan(gan_dir, n, out, seed=seed, device=device, resolution=resolution,
+                           overwrite=overwrite)
     except InputError as exc:
         fail(exc)
     typer.echo(f"wrote {len(paths)} volumes to {out}")

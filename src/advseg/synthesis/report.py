@@ -30,6 +30,7 @@ from scipy.stats import wasserstein_distance
 from advseg.errors import InputError
 from advseg.io import Volume, read_volume
 from advseg.io.atomic import atomic_write_text
+from advseg.io.guard import check_output_dir, record_outputs, refuse_overlap
 from advseg.synthesis.data import find_training_images, load_training_set, to_hu
 from advseg.synthesis.figures import save_histograms, save_slices_figure
 from advseg.synthesis.sample import SAMPLE_PREFIX, load_generator, sample_gan
@@ -95,6 +96,9 @@ def _markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+_REPORT_FILES = ("synth_slices.png", "histograms.png", "report.json", "report.md")
+
+
 def synthesis_report(gan_dir: str | Path, model_dir: str | Path, data: str | Path, out: str | Path,
                      n: int = 10, seed: int = 0, samples: str | Path | None = None,
                      device: str = "auto") -> dict[str, Any]:
@@ -115,6 +119,8 @@ def synthesis_report(gan_dir: str | Path, model_dir: str | Path, data: str | Pat
     from advseg.data.dataset import load_dataset
 
     out = Path(out)
+    refuse_overlap([out], [data, samples], hosts=[gan_dir, model_dir])
+    check_output_dir(out, "synthesize report")
     # Validate every input before writing anything.
     _, gan_cfg, _ = load_generator(gan_dir, device="cpu")
     index = load_dataset(data)
@@ -135,8 +141,9 @@ def synthesis_report(gan_dir: str | Path, model_dir: str | Path, data: str | Pat
     model = _load_segmenter(Path(model_dir), device)
     window = [float(v) for v in gan_cfg.hu_window]
 
-    out.mkdir(parents=True, exist_ok=True)
+    record_outputs(out, "synthesize report", [out / f for f in _REPORT_FILES])
     if samples is None:
+        # the sample folder is sample_gan's own (with its own manifest), so the report may replace it
         sample_files = sample_gan(gan_dir, n, out / "samples", seed=seed, device=device)
     rng = np.random.default_rng(seed)
 

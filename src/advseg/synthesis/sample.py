@@ -9,11 +9,13 @@ import torch
 
 from advseg.errors import InputError
 from advseg.io import Volume, write_volume
+from advseg.io.guard import check_output_dir, forget_outputs, owned_files, record_outputs, refuse_overlap
 from advseg.synthesis.config import GANConfig, gan_config_from_dict
 from advseg.synthesis.data import sample_volume
 from advseg.synthesis.networks import Generator
 from advseg.synthesis.trainer import LATEST, is_finished, load_state, resolve_device
 
+SAMPLE_COMMAND = "synthesize sample"  # the writer named in a sample folder's manifest
 SAMPLE_PREFIX = "synth_"
 
 
@@ -56,34 +58,37 @@ def generate(g: Generator, n: int, seed: int, batch_size: int = 4) -> np.ndarray
 
 
 def sample_gan(gan_dir: str | Path, n: int, out: str | Path, seed: int = 0, device: str = "auto",
-               resolution: str = "data") -> list[Path]:
+               resolution: str = "data", overwrite: bool = False) -> list[Path]:
     """Write ``n`` synthesized CT volumes ``out/synth_000.nii.gz``, ... (int16 HU, the run's affine).
 
     ``resolution="data"`` (default) writes them on the training images' grid (mean shape, same
     field of view), so that they go through a segmentation's preprocessing as real images do;
     ``"gan"`` writes the GAN's own grid (the last stage's shape).
 
-    Same ``(gan_dir, seed)``, same volumes. Older ``synth_*.nii.gz`` files in ``out`` are removed, so
-    that the folder holds exactly these ``n`` samples when it is used as an unlabeled pool.
+    Same ``(gan_dir, seed)``, same volumes. Older samples that an earlier ``sample_gan`` wrote into
+    ``out`` are removed, so that the folder holds exactly these ``n`` samples when it is used as an
+    unlabeled pool; no other file is ever removed. ``out`` must be new, empty or an earlier sample
+    folder unless ``overwrite`` (:mod:`advseg.io.guard`), and may not be or contain ``gan_dir``.
     """
     out = Path(out)
+    refuse_overlap([out], [], hosts=[gan_dir])
     if n < 1:
         raise InputError(None, f"--n must be >= 1, got {n}")
     if resolution not in ("data", "gan"):
         raise InputError(None, f"resolution must be 'data' or 'gan', got {resolution!r}")
-    if out.exists() and not out.is_dir():
-        raise InputError(out, "expected an output folder, got a file")
+    check_output_dir(out, SAMPLE_COMMAND, overwrite)
     g, cfg, geometry = load_generator(gan_dir, device)
     arrays = generate(g, n, seed)
-    out.mkdir(parents=True, exist_ok=True)
     width = max(3, len(str(n - 1)))
-    paths = []
-    for i, arr in enumerate(arrays):
+    paths = [out / f"{SAMPLE_PREFIX}{i:0{width}d}.nii.gz" for i in range(n)]
+    earlier = [out / f for f in owned_files(out, SAMPLE_COMMAND)] if out.is_dir() else []
+    record_outputs(out, SAMPLE_COMMAND, paths)
+    for path, arr in zip(paths, arrays, strict=True):
         vol: Volume = sample_volume(arr, geometry, cfg.hu_window, resolution)
-        path = out / f"{SAMPLE_PREFIX}{i:0{width}d}.nii.gz"
         write_volume(path, vol, dtype=np.int16)
-        paths.append(path)
-    for old in out.glob(f"{SAMPLE_PREFIX}*.nii.gz"):
-        if old not in paths:
-            old.unlink()
+    stale = [old for old in earlier if old not in paths]
+    for old in stale:
+        old.unlink(missing_ok=True)
+    if stale:
+        forget_outputs(out, SAMPLE_COMMAND, stale)
     return paths

@@ -42,6 +42,7 @@ import torch
 
 from advseg.errors import InputError
 from advseg.io.atomic import atomic_write_text
+from advseg.io.guard import refuse_overlap
 from advseg.io.lock import RunLock, check_unlocked
 from advseg.synthesis.config import GANConfig, gan_config_from_dict, gan_preset
 from advseg.synthesis.data import (
@@ -285,6 +286,7 @@ def train_gan(data: str | Path, out: str | Path, cfg: GANConfig | None = None, r
             anything is written.
     """
     out = Path(out)
+    refuse_overlap([out], [data])
     latest = out / "checkpoints" / LATEST
     if max_iterations is not None and max_iterations < 1:
         raise InputError(None, f"max_iterations must be >= 1, got {max_iterations}")

@@ -32,6 +32,7 @@ from advseg.data.splits import labeled_subset, load_or_create_splits, unlabeled_
 from advseg.data.validate import validate_dataset
 from advseg.errors import InputError
 from advseg.io.atomic import atomic_write_text
+from advseg.io.guard import refuse_overlap
 from advseg.io.lock import LOCK_NAME, RunLock, check_unlocked
 from advseg.training.trainer import BatchSource, TrainData, TrainingDiverged
 from advseg.transforms.augment import build_augmentation
@@ -104,6 +105,7 @@ def prepare_training(
 ) -> tuple[Config, TrainData, dict[str, Any]]:
     """Validate the inputs, preprocess (cached) and build the batch sources. Writes nothing in ``out``."""
     out = Path(out)
+    refuse_overlap([out], [data, *(unlabeled or [])])
     _check_out(out, resume)
     cfg = load_config(out / "config.yaml") if cfg is None else validate_config(cfg)
     index = load_dataset(data, unlabeled_dirs=list(unlabeled or []))
