@@ -351,13 +351,13 @@ def _cross_problems(cfg: Config) -> list[tuple[str, str]]:
     return out
 
 
-def config_problems(cfg: Config) -> list[InputError]:
+def config_problems(cfg: Config, where: str | Path = "config") -> list[InputError]:
     """Every problem of ``cfg``: types and ranges of each field, then the cross-field checks; one
-    :class:`InputError` ``config: <key path>: <problem>`` each."""
+    :class:`InputError` ``<where>: <key path>: <problem>`` each (``where``: the file it came from)."""
     found = field_problems(cfg)
     if not found:  # cross-field checks assume each field is well-formed
         found = _cross_problems(cfg)
-    return [InputError("config", f"{key}: {problem}") for key, problem in found]
+    return [InputError(where, f"{key}: {problem}") for key, problem in found]
 
 
 def validate_config(cfg: Config) -> Config:
@@ -378,8 +378,8 @@ def _raise(problems: list[InputError]) -> None:
         raise InputErrors(problems)
 
 
-def _finish(cfg: Config, problems: list[InputError], validate: bool) -> Config:
-    _raise(problems + (config_problems(cfg) if validate else []))
+def _finish(cfg: Config, problems: list[InputError], validate: bool, where: str | Path = "config") -> Config:
+    _raise(problems + (config_problems(cfg, where) if validate else []))
     return cfg
 
 
@@ -462,7 +462,7 @@ def load_config(path: str | Path, validate: bool = True) -> Config:
         raise InputError(path, "expected a YAML config file, got a folder")
     problems: list[InputError] = []
     cfg = _resolve(load_yaml_mapping(path), path, problems)
-    return _finish(cfg, problems, validate)
+    return _finish(cfg, problems, validate, path)
 
 
 def config_from_dict(data: dict[str, Any], where: str | Path = "config", validate: bool = True) -> Config:
@@ -473,7 +473,7 @@ def config_from_dict(data: dict[str, Any], where: str | Path = "config", validat
     _check_version(data, where)
     problems: list[InputError] = []
     cfg = _merge(Config(), data, str(where), problems)
-    return _finish(cfg, problems, validate)
+    return _finish(cfg, problems, validate, where)
 
 
 def apply_overrides(cfg: Config, overrides: list[str], validate: bool = True) -> Config:
@@ -500,3 +500,26 @@ def apply_overrides(cfg: Config, overrides: list[str], validate: bool = True) ->
         node[parts[-1]] = value
         cfg = _merge(cfg, nested, "--set", problems)
     return _finish(cfg, problems, validate)
+
+
+def build_config(preset: str | None, config: str | Path | None, overrides: list[str],
+                 base: str | Path | None = None) -> Config:
+    """What ``advseg train`` trains with: a preset (default ``res_unet_aux+cpu``), a YAML file, or
+    (``base``) a run folder's saved ``config.yaml``, then the ``--set`` overrides; validated once, at
+    the end. A problem with a key the file set (not an override) names the file."""
+    if preset and config:
+        raise InputError(config, "give --preset or --config, not both")
+    source = config or base
+    if source:
+        cfg = load_config(source, validate=False)
+    else:
+        cfg = load_preset(preset or "res_unet_aux+cpu", validate=False)
+    cfg = apply_overrides(cfg, overrides, validate=False)
+    overridden = {item.split("=", 1)[0].strip() for item in overrides}
+    problems = []
+    for exc in config_problems(cfg):
+        key = exc.problem.split(":", 1)[0]
+        where = source if source and key not in overridden else "config"
+        problems.append(InputError(where, exc.problem))
+    _raise(problems)
+    return cfg

@@ -8,6 +8,7 @@ Python containers are stored, so the restricted unpickler of ``weights_only=True
 
 from __future__ import annotations
 
+import io
 import math
 import pickle
 import random
@@ -32,18 +33,17 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
     Refuses a state whose weights hold NaN/Inf: a diverged run must never overwrite a good
     checkpoint. A failed write (disk full, file-size limit, no permission) leaves the previous
-    file as it was and raises :class:`InputError` naming ``path``.
+    file as it was and raises :class:`InputError` naming ``path`` ("nothing was replaced").
     """
     path = Path(path)
     _check_finite(state)
-    try:
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
-    except RuntimeError as exc:  # torch's zip writer reports a failed write as RuntimeError
-        if "write" not in str(exc).lower():
-            raise
-        raise InputError(path, "cannot write the checkpoint (disk full or file too large?); the "
-                               "previous one is kept") from None
+    # Serialised in memory first, then written by Python: a refused write (disk full, file-size
+    # limit) is then a plain OSError, which atomic_path turns into one line, instead of an internal
+    # error of torch's zip writer.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with atomic_path(path) as tmp, tmp.open("wb") as fh:
+        fh.write(buffer.getbuffer())
 
 
 def load_checkpoint(
@@ -71,7 +71,7 @@ def load_checkpoint(
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" in str(exc):
+        if "global" in str(exc).lower():  # a class or function reference: unpickling could run code
             raise InputError(path, "checkpoint holds pickled code; refusing to load it (weights_only)") \
                 from None
         raise InputError(path, "not an advseg checkpoint (not a PyTorch zip checkpoint)") from None
