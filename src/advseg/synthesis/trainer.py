@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import io
 import json
 import math
 import time
@@ -239,6 +240,23 @@ class _Trainer:
 
 # -- the run ----------------------------------------------------------------------------------------
 
+def _rewind_log(path: Path, step: int) -> None:
+    """Keep the log rows up to ``step`` (the checkpoint's); a torn last row goes too."""
+    if not path.is_file():
+        return
+    with path.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= step
+                and None not in r.values()]
+    if not rows:
+        path.unlink()
+        return
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=LOG_FIELDS)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
 def _append_log(path: Path, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
@@ -326,6 +344,9 @@ def train_gan(data: str | Path, out: str | Path, cfg: GANConfig | None = None, r
     with RunLock(out):  # one writer per GAN folder; a killed run's lock is taken over
         cfg.save(out / "gan_config.yaml")
         atomic_write_text(out / "geometry.json", json.dumps(tset.geometry, indent=2))
+        _rewind_log(out / "log.csv", step)  # rows of iterations a kill lost are written again
+        for tmp in out.glob("checkpoints/.*.pt.*.tmp"):  # a checkpoint write a kill cut short
+            tmp.unlink()
 
         n_stages, ips = len(cfg.stages), cfg.iterations_per_stage
         log_rows: list[dict[str, Any]] = []

@@ -221,6 +221,8 @@ def train_run(
     lock = RunLock(out).acquire()  # one writer per run folder (a second train/--resume fails)
     try:
         _check_out(out, resume)  # again, under the lock: another run may have started meanwhile
+        for tmp in out.glob(".checkpoint_*.pt.*.tmp"):  # a checkpoint write a kill cut short
+            tmp.unlink()
         cfg.save(out / "config.yaml")
         _write_json(out / "dataset_info.json", info)
         _write_json(out / "splits.json", {"fold": cfg.train.fold, "folds": cfg.train.folds, **info["cases"]})

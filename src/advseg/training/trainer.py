@@ -392,7 +392,8 @@ class Trainer:
     def resume(self, path: str | Path | None = None) -> bool:
         """Load ``checkpoint_last.pt`` if present; returns whether a run was resumed."""
         path = Path(path) if path else self.run_dir / "checkpoint_last.pt"
-        if not path.exists():
+        if not path.exists():  # killed before its first checkpoint: start again, log included
+            self.log.truncate(0)
             return False
         self.load_state_dict(load_checkpoint(path, map_location=self.device))
         return True
