@@ -118,3 +118,23 @@ def test_lock_released_when_training_fails(tmp_path: Path, tiny_phantom: Path, m
         train_run(cfg, tiny_phantom, tmp_path / "run", progress=False)
     assert (tmp_path / "run" / "checkpoint_last.pt").exists()
     assert not (tmp_path / "run" / LOCK_NAME).exists()
+
+
+def test_experiment_cell_in_use_is_neither_cleared_nor_judged(tmp_path: Path) -> None:
+    from advseg.config import load_preset
+    from advseg.experiments.matrix import _prepare_cell_folder
+
+    cell = tmp_path / "cell"
+    cell.mkdir()
+    load_preset("res_unet+tiny").save(cell / "config.yaml")  # no checkpoint yet: would be cleared
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(cell)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(InputError, match=f"in use by another advseg run \\(PID {proc.pid}"):
+            _prepare_cell_folder(cell, load_preset("res_unet+tiny"))
+        assert (cell / "config.yaml").exists()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert _prepare_cell_folder(cell, load_preset("res_unet+tiny")) is False  # stale: cleared as before
+    assert not cell.exists()
