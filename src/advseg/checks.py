@@ -6,6 +6,7 @@ A config dataclass field is declared with :func:`param`::
     flip_prob: float = param(0.5, prob)                     # in [0, 1]
     hu_window: list[float] = param([-250.0, 350.0], window)  # [lo, hi] with lo < hi
     pooling: str = param("multiscale", one_of("max", "multiscale"))
+    t_semi: float | str = param(0.2, or_literal("auto", prob))  # a number in [0, 1] or "auto"
 
 A check is a function ``value -> problem text or None``; :func:`field_problems` walks a dataclass
 (recursively), checks each value against its type hint and then its checks, and returns one
@@ -99,6 +100,23 @@ def each(*checks: Check) -> Check:
                 if problem:
                     return f"entry {i} {problem}"
         return None
+
+    return check
+
+
+def or_literal(literal: Any, *checks: Check) -> Check:
+    """``literal`` itself (e.g. ``"auto"``) or a value that passes ``checks``; with a hint such as
+    ``float | str``: ``t_semi: float | str = param(0.2, or_literal("auto", prob))``."""
+
+    def check(v: Any) -> str | None:
+        if v == literal:
+            return None
+        if isinstance(v, str):
+            return f"must be {literal!r} or a number, got {v!r}"
+        problem = _run_checks(v, checks)
+        if problem and problem.startswith("must be "):
+            return f"must be {literal!r} or {problem[len('must be '):]}"
+        return problem
 
     return check
 

@@ -437,6 +437,12 @@ def _(c: Ctx) -> list[str]:
     return ["train", "--data", str(c.data), "--out", str(c.run), "--resume"]
 
 
+@case("train_into_a_running_runs_folder", lambda c: f"{c.run}: in use by another advseg run (PID", "wait")
+def _(c: Ctx) -> list[str]:
+    args = CASES["resume_a_running_run"][0](c)  # the same live holder
+    return [*args[:-1], "--preset", "res_unet+tiny"]  # a fresh `advseg train --out SAME`
+
+
 # ------------------------------------------------------------------------------------------ outputs
 @case("output_is_the_input", lambda c: str(c.data / "imagesTs"), "output is the input")
 def _(c: Ctx) -> list[str]:

@@ -220,7 +220,11 @@ def train_run(
         raise InputError(out, f"cannot create the run folder ({exc.strerror or exc})") from None
     lock = RunLock(out).acquire()  # one writer per run folder (a second train/--resume fails)
     try:
-        _check_out(out, resume)  # again, under the lock: another run may have started meanwhile
+        _check_out(out, resume)  # again, under the lock: another run may have written it meanwhile
+    except InputError:
+        lock.release()  # outside the try below: a folder another run filled is never removed
+        raise
+    try:
         for tmp in out.glob(".checkpoint_*.pt.*.tmp"):  # a checkpoint write a kill cut short
             tmp.unlink()
         cfg.save(out / "config.yaml")
