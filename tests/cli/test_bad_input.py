@@ -584,3 +584,16 @@ def test_checkpoint_write_failure_keeps_the_previous_one(tmp_path: Path, tiny_ph
     assert "File too large" in line and "nothing was replaced" in line
     assert (run / "checkpoint_last.pt").read_bytes() == good
     assert not [p for p in run.iterdir() if p.name.startswith(".checkpoint")]  # no temp file left
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders; the monkeypatched "
+                                              "case read_only_output_folder covers it")
+def test_read_only_output_folder_for_real(ctx: Ctx) -> None:
+    out = ctx.tmp / "pred"
+    out.mkdir()
+    out.chmod(0o555)
+    ctx.cleanup.append(lambda: out.chmod(0o755))
+    before = _snapshot(ctx.tmp)
+    res = runner.invoke(app, ctx.predict())
+    _check(res.exit_code, res.stderr, res.output, str(out), "cannot write in this folder (Permission denied)")
+    assert _snapshot(ctx.tmp) == before
