@@ -1,7 +1,8 @@
 """One cell of the MSD Hippocampus benchmark: train with a labeled fraction, evaluate on the held-out set.
 
-    python benchmarks/hippocampus.py --fraction 0.25 --method res_unet_aux_adv_semi [--out RUN_DIR]
-        [--data ../shared/data/msd-hippocampus] [--iterations N] [--seed 0] [--threads 2]
+    python benchmarks/hippocampus.py --fraction 0.25 | --count 8  --method res_unet_aux_adv_semi
+        [--out RUN_DIR] [--data ../shared/data/msd-hippocampus] [--iterations N] [--seed 0]
+        [--threads 2] [--set KEY=VALUE ...] [--results benchmarks/results/hippocampus]
 
 The settings are those of ``advseg/configs/experiments/hippocampus.yaml`` (see its header): 40 of
 the 200 labeled cases held out as the test set (never trained on), fold 0 of a 10-fold split of the
@@ -18,7 +19,9 @@ segment and evaluate any other folder of hippocampus cases. Without ``--out`` th
 runs/hippocampus --aggregate`` (or ``advseg report runs/hippocampus``) tabulates finished cells.
 
 Prints the per-organ table of the test set and the wall time, and writes ``RUN_DIR/benchmark.json``
-(command, wall time, hardware, summary). A finished run folder is not trained again.
+(command, wall time, hardware, summary). A finished run folder is not trained again. The cell's
+per-case results also go into ``--results`` as one small JSON (commit it): ``advseg experiment
+hippocampus --aggregate --results benchmarks/results/hippocampus`` builds the tables from those files.
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "msd-hippocampus"
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--fraction", type=float, required=True, help="labeled fraction of the training cases")
+    level = p.add_mutually_exclusive_group(required=True)
+    level.add_argument("--fraction", type=float, help="labeled fraction of the 144 training cases")
+    level.add_argument("--count", type=int, help="labeled training cases (of the 144)")
     p.add_argument("--method", required=True, help="method preset name")
     p.add_argument("--out", type=Path, default=None, help="run folder (default: the matrix cell folder)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MSD hippocampus folder")
@@ -51,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--device", default="auto")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   help="config override for this cell, e.g. --set train.early_stop_patience=4")
+    p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "hippocampus",
+                   help="folder of committable per-cell JSON results ('' to skip)")
     args = p.parse_args(argv)
 
     import torch
@@ -70,9 +79,15 @@ def main(argv: list[str] | None = None) -> int:
             every = max(1, it // 6)
             cfg.overrides += [f"train.iterations={it}", f"train.val_every={every}",
                               f"train.checkpoint_every={every}", f"adversarial.pretrain_iterations={it // 3}"]
-        if not 0 < args.fraction <= 1:
-            raise InputError(None, f"--fraction must be in (0, 1], got {args.fraction}")
-        level = Level("fraction", float(args.fraction))
+        cfg.overrides += args.overrides
+        if args.count is not None:
+            if args.count < 1:
+                raise InputError(None, f"--count must be >= 1, got {args.count}")
+            level = Level("count", int(args.count))
+        else:
+            if not 0 < args.fraction <= 1:
+                raise InputError(None, f"--fraction must be in (0, 1], got {args.fraction}")
+            level = Level("fraction", float(args.fraction))
         cell = Cell(0, args.method, level, args.seed, cfg.folds_run[0])
         if args.out is None:
             matrix = ExperimentMatrix(cfg, REPO / "runs" / "hippocampus", device=args.device)
@@ -101,9 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"command": command, "wall_seconds_this_call": wall, "cell_seconds": record["seconds"],
            "hardware": hardware, "test_cases": len(record["test_cases"]), "summary": summary}
     atomic_write_text(Path(folder) / "benchmark.json", json.dumps(doc, indent=1) + "\n")
+    if str(args.results):
+        from advseg.experiments.results import export_cell_result
+
+        print(f"cell result: {export_cell_result(folder, args.results, command=command)}")
     print(format_summary(summary))
     s = record["seconds"]
-    print(f"\n{args.method} fraction {args.fraction:g}: train {s['train']:.0f} s, predict + evaluate "
+    print(f"\n{args.method} {level.label} labeled: train {s['train']:.0f} s, predict + evaluate "
           f"{s['evaluate']:.0f} s, total {s['total']:.0f} s on {len(record['test_cases'])} held-out test "
           f"cases; run folder {folder}")
     return 0

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from dicom_testing import PhantomCT, make_phantom
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
@@ -85,3 +87,20 @@ def run_interrupted(monkeypatch: pytest.MonkeyPatch):
         return resumed_from
 
     return run
+
+
+@pytest.fixture(scope="session")
+def phantom_ct(tmp_path_factory: pytest.TempPathFactory) -> PhantomCT:
+    """One 16 x 64 x 64 phantom case as NIfTI (image + per-organ masks); read-only for tests."""
+    return make_phantom(tmp_path_factory.mktemp("phantom_ct"))
+
+
+@pytest.fixture(scope="session")
+def phantom_series(phantom_ct: PhantomCT, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The phantom case as a CT series written by advseg (``CT_0000.dcm``, ...); read-only."""
+    from advseg.io import Volume
+    from advseg.io.dicom.ctwrite import write_ct_series
+
+    folder = tmp_path_factory.mktemp("series") / "ct"
+    write_ct_series(folder, Volume(phantom_ct.image, phantom_ct.affine), patient_id="PAT001")
+    return folder

@@ -51,6 +51,36 @@ def test_overrides_and_type_checks() -> None:
         apply_overrides(cfg, ["train.iterations=abc"])
 
 
+def test_mask_source_and_auto_threshold_options() -> None:
+    a = load_preset("res_unet_aux_adv_semi").adversarial
+    assert (a.mask_source, a.t_semi, a.t_semi_target_accuracy, a.diagnostics) == ("d", 0.2, 0.97, True)
+    cfg = apply_overrides(load_preset("res_unet_aux_adv_semi"),
+                          ["adversarial.t_semi=auto", "adversarial.mask_source=softmax"])
+    assert (cfg.adversarial.t_semi, cfg.adversarial.mask_source) == ("auto", "softmax")
+    assert config_from_dict(cfg.to_dict()) == cfg
+    assert apply_overrides(cfg, ["adversarial.t_semi=1"]).adversarial.t_semi == 1.0
+    bad = {
+        "adversarial.mask_source=D": r"adversarial\.mask_source: must be one of 'd', 'softmax', 'product'; "
+                                     r"got 'D'",
+        "adversarial.t_semi=automatic": r"adversarial\.t_semi: must be 'auto' or a number, got 'automatic'",
+        "adversarial.t_semi=1.5": r"adversarial\.t_semi: must be 'auto' or in \[0, 1\], got 1\.5",
+        "adversarial.t_semi_target_accuracy=1.2": r"t_semi_target_accuracy: must be in \(0, 1\], got 1\.2",
+    }
+    for override, message in bad.items():
+        with pytest.raises(InputError, match=message):
+            apply_overrides(cfg, [override])
+
+
+def test_bad_mask_source_in_a_config_file_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "my.yaml"
+    path.write_text("base: res_unet_aux_adv_semi\nadversarial:\n  mask_source: entropy\n")
+    with pytest.raises(InputError) as exc:
+        load_config(path)
+    text = str(exc.value)
+    assert str(path) in text and "mask_source" in text and "'d', 'softmax', 'product'" in text
+    assert "\n" not in text
+
+
 def test_user_config_file_with_base(tmp_path: Path) -> None:
     path = tmp_path / "my.yaml"
     path.write_text("base: res_unet_aux_adv\ntrain:\n  batch_size: 4\n")
@@ -72,7 +102,7 @@ def _lines(exc: InputError) -> list[str]:
         ("train.lr=-1", "config: train.lr: must be > 0, got -1.0"),
         ("adversarial.d_lr=0", "config: adversarial.d_lr: must be > 0, got 0.0"),
         ("augment.flip_prob=1.5", "config: augment.flip_prob: must be in [0, 1], got 1.5"),
-        ("adversarial.t_semi=-0.1", "config: adversarial.t_semi: must be in [0, 1], got -0.1"),
+        ("adversarial.t_semi=-0.1", "config: adversarial.t_semi: must be 'auto' or in [0, 1], got -0.1"),
         ("augment.contrast_gamma=[1.5, 0.7]", "config: augment.contrast_gamma: must be [lo, hi] with lo <="),
         ("augment.contrast_gamma=[0, 1]", "config: augment.contrast_gamma: entry 0 must be > 0, got 0.0"),
         ("data.hu_window=[350, -250]", "config: data.hu_window: must be [lo, hi] with lo < hi"),

@@ -28,6 +28,7 @@ from advseg.checks import (
     length,
     nonempty,
     one_of,
+    or_literal,
     param,
     prob,
     type_problem,
@@ -194,12 +195,41 @@ class AdversarialConfig:
     # product would hide from D (and S would get no adversarial gradient there).
     d_image_offset: float = param(1.0, finite)
     d_lr: float = param(1e-4, gt(0))
+    # Levers of D's learning (issue 10; the study's D has all of them off):
+    # fcn: a decoder with skip connections back to full resolution instead of trilinear up-sampling of
+    # the 1/2^len(d_channels) logits (which cannot place an error at a one-voxel boundary)
+    d_decoder: bool = False
+    d_spectral_norm: bool = False  # spectral normalisation of D's convolutions (Miyato et al. 2018)
+    # one-sided: real target 1 - s (Salimans et al. 2016)
+    d_label_smoothing: float = param(0.0, between(0, 1, hi_open=True))
+    # std of Gaussian noise on D's inputs while D trains (Sonderby et al.)
+    d_instance_noise: float = param(0.0, ge(0))
+    # What D learns to call fake in S's map: "fake" every voxel (the study); "errors" only the voxels
+    # where S's label differs from the truth (elsewhere S's input is the truth's, so calling it fake
+    # contradicts the real example): D becomes a voxel-wise error detector
+    d_target: str = param("fake", one_of("fake", "errors"))
+    # Iterations at the start in which only D trains, on a frozen S in eval mode (e.g. an S loaded
+    # with train.init_from), before S sees L_adv
+    d_warmup_iterations: int = param(0, ge(0))
+    # One S forward pass (and one D pass) over the labeled and unlabeled batches together instead of
+    # two: less overhead per semi-supervised step; batch norm then sees both batches at once
+    joint_forward: bool = False
     onehot_fake: bool = True  # feed D with one-hot(argmax S(x)) (straight-through gradient)
     lambda_adv: float = param(0.01, ge(0))
     lambda_adv_unlabeled: float = param(0.001, ge(0))
     semi: bool = False
     lambda_semi: float = param(0.1, ge(0))
-    t_semi: float = param(0.2, prob)  # confidence threshold of L_semi (ASDNet's gamma)
+    # Confidence threshold of L_semi (ASDNet's gamma): a number in [0, 1], or "auto": recalibrated at
+    # every validation as the lowest threshold at which the validation cases' passing voxels reach
+    # t_semi_target_accuracy (advseg.training.variants.adversarial); t_semi_target_accuracy until then.
+    t_semi: float | str = param(0.2, or_literal("auto", prob))
+    t_semi_target_accuracy: float = param(0.97, between(0, 1, lo_open=True))
+    # Which confidence selects L_semi's voxels: d (sigmoid of D's logits, the study), softmax (S's own
+    # max-softmax probability: plain confidence-thresholded self-training, the baseline D must beat) or
+    # product (the two multiplied: D's evidence added to S's own).
+    mask_source: str = param("d", one_of("d", "softmax", "product"))
+    # D diagnostics at every validation (AUCs, pass fractions, reliability; log.jsonl and the report)
+    diagnostics: bool = True
     pretrain_iterations: int = param(5000, ge(0))
     # chance an iteration after pre-training also uses an unlabeled batch
     unlabeled_prob: float = param(0.5, prob)
@@ -218,6 +248,24 @@ class AdversarialConfig:
     collapse_window: int = param(200, ge(1))
     collapse_eps_loss: float = param(1e-3, ge(0))  # "L_D near 0"
     collapse_eps_gap: float = param(0.02, ge(0))  # "D(real) close to D(fake)": |mean sigmoid(D) real - fake|
+
+
+@dataclass
+class MeanTeacherConfig:
+    """Mean Teacher (Tarvainen & Valpola 2017), the semi-supervised baseline without a discriminator.
+
+    The teacher is an exponential moving average of S's weights; S is also trained to agree with it
+    (mean squared difference of the softmax maps) on labeled and unlabeled patches, each network
+    seeing its own Gaussian noise on the input. The consistency weight ramps up with
+    ``consistency * exp(-5 (1 - t / rampup_iterations)^2)``.
+    """
+
+    enabled: bool = False
+    ema_decay: float = 0.99  # alpha; min(1 - 1/(t + 1), alpha) early on, so the teacher starts as S
+    consistency: float = 0.1  # lambda_cons at the end of the ramp-up
+    rampup_iterations: int | None = None  # None: 40 % of train.iterations
+    noise_std: float = 0.1  # Gaussian input noise (normalised intensity units), drawn per network
+    noise_clip: float = 0.2  # |noise| clipped to this
 
 
 @dataclass
@@ -242,6 +290,14 @@ class TrainConfig:
     folds: int = param(5, ge(2))
     fold: int = param(0, ge(0))  # < folds
     val_cases: int | None = param(None, ge(1))  # cap the validation set size (speed)
+    # Stop when the validation mean DSC has not improved by more than early_stop_min_delta for this
+    # many validations in a row (None: train all iterations). Decided from the checkpointed best
+    # iteration, so a resumed run stops where the uninterrupted one would.
+    early_stop_patience: int | None = param(None, ge(1))
+    early_stop_min_delta: float = param(0.0, ge(0))
+    # A checkpoint (.pt) whose S weights start a new run (fine-tuning, or an adversarial run on top of
+    # a supervised one); optimizers, step and D start fresh. Ignored on --resume.
+    init_from: str | None = None
     slices_2d: bool = False  # train a 2D network on axial slices of the 3D volumes
 
 
@@ -268,11 +324,17 @@ class Config:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    mean_teacher: MeanTeacherConfig = field(default_factory=MeanTeacherConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def uses_unlabeled(self) -> bool:
+        """Whether the method trains on unlabeled images (semi-adversarial or Mean Teacher)."""
+        return self.adversarial.semi or self.mean_teacher.enabled
 
     def save(self, path: str | Path) -> None:
         data = {"config_version": CONFIG_VERSION, **self.to_dict()}
@@ -335,7 +397,8 @@ def _cross_problems(cfg: Config) -> list[tuple[str, str]]:
                                                    f"levels, got {n.aux_weights}"))
     if t.fold >= t.folds:
         out.append(("train.fold", f"must be < train.folds ({t.folds}), got {t.fold}"))
-    if a.enabled and a.semi and a.pretrain_iterations >= t.iterations:
+    # (a run that is all D warm-up never trains S, so it has no semi-supervised phase to miss)
+    if a.enabled and a.semi and a.pretrain_iterations >= t.iterations > a.d_warmup_iterations:
         out.append(("adversarial.pretrain_iterations",
                      f"must be < train.iterations ({t.iterations}), or the semi-supervised phase never "
                      f"starts; got {a.pretrain_iterations}"))

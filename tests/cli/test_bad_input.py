@@ -41,6 +41,7 @@ class Ctx:
     tmp: Path
     data: Path
     run: Path
+    request: pytest.FixtureRequest
     cleanup: list[Callable[[], None]] = field(default_factory=list)
 
     def img(self, case: str = "phantom_001") -> Path:
@@ -494,13 +495,82 @@ def _(c: Ctx) -> list[str]:
     return c.predict()
 
 
+# -------------------------------------------------------------------------------------------- DICOM
+def _export(c: Ctx, rtstruct: bool = True) -> Path:
+    """A TPS-like export under tmp: the phantom CT series (CT_0000.dcm, ...) and its RTSTRUCT."""
+    from advseg.io.dicom.rtstruct import write_rtstruct
+    from advseg.io.dicom.series import read_series_folder
+
+    root = c.tmp / "export"
+    shutil.copytree(c.request.getfixturevalue("phantom_series"), root / "PAT001" / "CT")
+    if rtstruct:
+        label = c.request.getfixturevalue("phantom_ct").label
+        names = {0: "background", 1: "Prostate", 2: "Bladder", 3: "Rectum", 4: "Femur_L", 5: "Femur_R"}
+        series = read_series_folder(root / "PAT001" / "CT")[0]
+        write_rtstruct(root / "PAT001" / "RS.dcm", label, names, series)
+    return root
+
+
+def _dicom_edit(path: Path, **values) -> None:
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    for k, v in values.items():
+        setattr(ds, k, v)
+    ds.save_as(path)
+
+
+@case("dicom_missing_slice", lambda c: "CT_0004.dcm", "1 missing slice")
+def _(c: Ctx) -> list[str]:
+    root = _export(c)
+    (root / "PAT001" / "CT" / "CT_0005.dcm").unlink()
+    return ["import-dicom", str(root), str(c.tmp / "imported")]
+
+
+@case("dicom_uneven_spacing", lambda c: str(c.tmp / "export"), "uneven slice spacing")
+def _(c: Ctx) -> list[str]:
+    import pydicom
+
+    root = _export(c)
+    f = root / "PAT001" / "CT" / "CT_0007.dcm"
+    ipp = [float(v) for v in pydicom.dcmread(f).ImagePositionPatient]
+    _dicom_edit(f, ImagePositionPatient=[ipp[0], ipp[1], ipp[2] + 3.0])
+    return ["import-dicom", str(root), str(c.tmp / "imported")]
+
+
+@case("dicom_rtstruct_without_its_series", lambda c: str(c.tmp / "export"), "no DICOM CT series")
+def _(c: Ctx) -> list[str]:
+    root = _export(c)
+    shutil.rmtree(root / "PAT001" / "CT")
+    return ["import-dicom", str(root), str(c.tmp / "imported")]
+
+
+@case("dicom_folder_without_dicom", lambda c: str(c.tmp / "export"), "DICOM")
+def _(c: Ctx) -> list[str]:
+    (c.tmp / "export").mkdir()
+    (c.tmp / "export" / "notes.txt").write_text("not a scan")
+    return ["import-dicom", str(c.tmp / "export"), str(c.tmp / "imported")]
+
+
+@case("dicom_unknown_structure", lambda c: "RS.dcm", "no ROI for 'spleen'")
+def _(c: Ctx) -> list[str]:
+    return ["import-dicom", str(_export(c)), str(c.tmp / "imported"), "--structures", "Spleen=spleen"]
+
+
+@case("predict_dicom_series_with_a_missing_slice", lambda c: "CT_0004.dcm", "1 missing slice")
+def _(c: Ctx) -> list[str]:
+    root = _export(c, rtstruct=False)
+    (root / "PAT001" / "CT" / "CT_0005.dcm").unlink()
+    return c.predict(images=root / "PAT001" / "CT")
+
+
 # ------------------------------------------------------------------------------------------- the run
 @pytest.fixture
-def ctx(tmp_path: Path, tiny_phantom: Path, tiny_run: Path):
+def ctx(tmp_path: Path, tiny_phantom: Path, tiny_run: Path, request: pytest.FixtureRequest):
     data, run = tmp_path / "data", tmp_path / "run"
     shutil.copytree(tiny_phantom, data)
     shutil.copytree(tiny_run, run)
-    c = Ctx(tmp_path, data, run)
+    c = Ctx(tmp_path, data, run, request)
     yield c
     for undo in reversed(c.cleanup):
         undo()

@@ -50,6 +50,13 @@ def test_report_of_a_run_folder(evaluated_run: Path) -> None:
     assert len(images) >= 1 + 2
     assert all(img[:8] == PNG for img in images)
     assert "confidence" in page  # the predictions carry D's confidence maps
+    # D diagnostics of the semi-adversarial run: the table (D's AUCs beside the max-softmax one) and
+    # one reliability / pool-histogram figure
+    assert "<h2>D diagnostics</h2>" in page
+    for header in ("AUC D real vs fake", "AUC D conf. right vs wrong", "AUC max-softmax right vs wrong"):
+        assert header in page
+    assert "alt='D diagnostics " in page
+    assert len(images) >= 1 + 1 + 2
     assert "<script" not in page and "<link" not in page and "http" not in page.split("</style>")[0]
 
 

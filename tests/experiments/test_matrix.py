@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import shlex
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from advseg.experiments.aggregate import (
     Collection,
     aggregate,
     comparison_table,
+    find_results,
     summary_markdown,
     write_aggregate,
 )
@@ -32,6 +34,7 @@ from advseg.experiments.matrix import (
     load_matrix_config,
     make_holdout_view,
 )
+from advseg.experiments.results import RESULT_FORMAT, cell_result, export_cell_result, read_results
 
 runner = CliRunner()
 FAST = ["train.iterations=2", "train.val_every=0", "train.checkpoint_every=1"]
@@ -378,3 +381,64 @@ def test_hippocampus_benchmark_cell_and_predict_evaluate_elsewhere(hippocampus: 
                               str(hippocampus / "dataset.json")])
     assert res.exit_code == 0, res.output
     assert "Anterior" in res.output and "Posterior" in res.output
+
+# ------------------------------------------------ committable per-cell results (issue 11)
+
+
+def test_results_files_rebuild_the_matrix_tables(matrix_run: dict, tmp_path: Path) -> None:
+    matrix = matrix_run["matrix"]
+    results = tmp_path / "results"
+    paths = [export_cell_result(matrix.cell_folder(c), results, command="test") for c in matrix.cells]
+    assert len(set(paths)) == 8
+    assert paths[0] == results / "res_unet" / "0.5" / "seed0_fold0.json"
+    doc = json.loads(paths[0].read_text())
+    assert doc["format"] == RESULT_FORMAT and doc["cell"]["method"] == "res_unet"
+    assert doc["per_case"] and {"case", "organ", "dsc", "hd95"} <= set(doc["per_case"][0])
+    assert paths[0].stat().st_size < 200_000  # small enough to commit
+    # the run folders are gone (a new machine): the tables come from the files alone, and equal
+    ref = aggregate(find_results(matrix_run["out"]))
+    shutil.copytree(results, tmp_path / "copy")
+    agg = aggregate(find_results(tmp_path / "copy"))
+    assert sorted(agg.arms) == sorted(ref.arms)
+    for arm in ref.arms:
+        for organ in ref.organs:
+            for m in ("dsc", "hd95"):
+                a, b = agg.summary[arm][organ][m], ref.summary[arm][organ][m]
+                assert a["n"] == b["n"]
+                assert a["mean"] == pytest.approx(b["mean"], abs=1e-5, nan_ok=True)
+    def tests(a):
+        return {(frozenset((t["a"], t["b"])), t["organ"], t["metric"]): t["p"] for t in a.tests}
+
+    assert tests(agg).keys() == tests(ref).keys()
+    for k, pv in tests(ref).items():
+        assert tests(agg)[k] == pytest.approx(pv, abs=1e-6, nan_ok=True)
+    # the command: tables into RESULTS/tables, no dataset needed
+    res = runner.invoke(app, ["experiment", "no_such_config", "--aggregate", "--results",
+                              str(tmp_path / "copy")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "copy" / "tables" / "summary.md").is_file()
+    assert "8 of 8 cells finished" in res.output
+    assert len(read_results(tmp_path / "copy")) == 8  # the tables' own JSON is not taken for a cell
+
+
+def test_unfinished_cell_and_bad_result_file(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not a finished experiment cell"):
+        cell_result(tmp_path)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "x.json").write_text("{broken")
+    with pytest.raises(InputError, match="not JSON"):
+        read_results(tmp_path)
+
+
+def test_dsc_against_labels_figure(matrix_run: dict, tmp_path: Path) -> None:
+    from advseg.experiments.figures import level_axis, plot_metric_vs_labels
+
+    agg = aggregate(find_results(matrix_run["out"]))  # fractions 0.5 and 1 of each method
+    path = plot_metric_vs_labels(agg, tmp_path / "f.png")
+    assert path is not None and path.read_bytes()[:4] == b"\x89PNG"
+    assert level_axis("n8") == 8 and level_axis("0.25", 144) == 36 and level_axis("0.5") == 0.5
+    one = aggregate(find_results(matrix_run["out"]))
+    one.arms = [a for a in one.arms if a.endswith("@1")]
+    assert plot_metric_vs_labels(one, tmp_path / "g.png") is None  # one level: no line to draw
+    out = write_aggregate(agg, tmp_path / "tables")
+    assert "dsc_vs_labels.png" in out

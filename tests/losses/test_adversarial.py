@@ -15,8 +15,10 @@ from advseg.losses.adversarial import (
 from advseg.losses.semi import (
     fusion_pseudo_label,
     gaussian_noise_copy,
+    masked_self_training_loss,
     region_attention_loss,
     semi_supervised_loss,
+    softmax_confidence,
 )
 from advseg.networks.discriminators import (
     FCDiscriminator,
@@ -133,6 +135,25 @@ def test_semi_supervised_loss_on_3d_batch_pools_samples():
     assert float(frac) == pytest.approx(mask.float().mean().item())
 
 
+def test_softmax_mask_keeps_the_voxels_s_itself_is_sure_of():
+    """mask_source softmax: M_v = [max_c S(x)_{v,c} > T]; max-softmax: 3/4, 0.881, 4/5, 0.731."""
+    seg, _ = _semi_example()
+    conf = softmax_confidence(seg)
+    assert conf.shape == (1, 1, 4) and not conf.requires_grad
+    p1 = math.exp(2) / (1 + math.exp(2))
+    assert conf[0, 0].tolist() == pytest.approx([0.75, p1, 0.8, math.e / (1 + math.e)], rel=1e-6)
+    loss, frac = masked_self_training_loss(seg, conf, 0.76)  # voxels 1 and 2 pass
+    assert loss.item() == pytest.approx((-math.log(p1) + math.log(5 / 4)) / 2, rel=1e-6)
+    assert float(frac) == pytest.approx(0.5)
+    loss.backward()
+    assert torch.all(seg.grad[0][:, [0, 3]] == 0) and torch.all(seg.grad[0][:, [1, 2]].abs() > 0)
+    # the D form is the same loss on sigmoid(D)
+    seg, d = _semi_example()
+    a, fa = semi_supervised_loss(seg, d, 0.2)
+    b, fb = masked_self_training_loss(seg, torch.sigmoid(d), 0.2)
+    assert a.item() == b.item() and float(fa) == float(fb)
+
+
 def test_semi_supervised_loss_rejects_mismatched_confidence_map():
     with pytest.raises(ValueError, match="confidence map"):
         semi_supervised_loss(torch.randn(1, 3, 4, 4), torch.randn(1, 1, 4, 5))
@@ -216,3 +237,16 @@ def test_collapse_monitor_resume_is_exact():
     b.load_state_dict(a.state_dict())
     assert a.update(1e-5, 0.5, 0.5) == b.update(torch.tensor(1e-5), torch.tensor(0.5), torch.tensor(0.5))
     assert b.state_dict() == a.state_dict() == {"low_loss_run": 4, "small_gap_run": 4}
+
+
+def test_discriminator_loss_with_smoothing_and_a_per_voxel_fake_target() -> None:
+    import torch.nn.functional as F
+
+    real, fake = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    target = (torch.rand(2, 1, 4, 4) > 0.5).float() * 0.9
+    expected = (F.binary_cross_entropy_with_logits(real, torch.full_like(real, 0.9))
+                + F.binary_cross_entropy_with_logits(fake, target))
+    assert torch.allclose(discriminator_loss(real, fake, 0.9, target), expected)
+    assert torch.allclose(discriminator_loss(real, fake), discriminator_loss(real, fake, 1.0, 0.0))
+    with pytest.raises(ValueError, match="does not match"):
+        discriminator_loss(real, fake, 1.0, target[:1])

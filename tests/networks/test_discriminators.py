@@ -1,5 +1,6 @@
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -225,3 +226,41 @@ def test_make_discriminator_norm_and_input_options():
         make_discriminator(dataclasses.replace(cfg, d_norm="layer"), 3, 1, 6)
     with pytest.raises(ValueError, match="concat"):
         make_discriminator(dataclasses.replace(cfg, discriminator="fusion"), 3, 1, 6)
+
+
+def test_fcn_decoder_gives_a_full_resolution_map_that_places_errors_locally() -> None:
+    from advseg.networks.discriminators import FCDiscriminator
+
+    torch.manual_seed(0)
+    plain = FCDiscriminator(3, 2, (4, 8, 8))
+    dec = FCDiscriminator(3, 2, (4, 8, 8), decoder=True)
+    x = torch.randn(1, 2, 16, 24, 16)
+    assert dec(x).shape == plain(x).shape == (1, 1, 16, 24, 16)
+    # change one input voxel: the decoder's map changes most at that voxel; the up-sampled coarse map
+    # spreads the change over its whole cell
+    y = x.clone()
+    y[0, :, 8, 12, 8] += 5.0
+    locality = {}
+    for name, net in (("decoder", dec), ("plain", plain)):
+        with torch.no_grad():
+            diff = (net(y) - net(x)).abs()[0, 0]
+        locality[name] = float(diff[8, 12, 8] / diff.mean())
+        if name == "decoder":  # peak at the voxel or a neighbour (the full-resolution 3x3x3 convolution)
+            peak = np.unravel_index(int(diff.argmax()), diff.shape)
+            assert max(abs(int(a) - b) for a, b in zip(peak, (8, 12, 8), strict=True)) <= 1
+    assert locality["decoder"] > 3 * locality["plain"]
+
+
+def test_spectral_norm_and_decoder_options_of_make_discriminator() -> None:
+    from dataclasses import replace
+
+    from advseg.config import AdversarialConfig
+    from advseg.networks.discriminators import make_discriminator
+
+    cfg = replace(AdversarialConfig(), d_channels=[4, 8], d_spectral_norm=True, d_decoder=True)
+    net = make_discriminator(cfg, 3, 1, 3)
+    keys = list(net.state_dict())
+    assert any("parametrizations.weight.original" in k for k in keys)
+    assert net(torch.randn(1, 3, 8, 8, 8)).shape == (1, 1, 8, 8, 8)
+    with pytest.raises(ValueError, match="d_decoder is an option of the fcn"):
+        make_discriminator(replace(cfg, discriminator="image"), 3, 1, 3)

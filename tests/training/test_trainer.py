@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,30 @@ def test_resume_is_exact(preset: str, tiny_phantom: Path, tmp_path: Path, run_in
     assert len(rows_b) == 4  # the log was rewound to the checkpoint, not duplicated
 
 
+def test_resume_is_exact_with_the_auto_threshold(tiny_phantom: Path, tmp_path: Path, run_interrupted) -> None:
+    """adversarial.t_semi: auto is recalibrated at the iteration-2 validation, used by the unlabeled batches
+    of iterations 3 and 4 and saved in the checkpoint: a run killed at iteration 3 and resumed equals an
+    uninterrupted one (weights, threshold, log)."""
+    import json
+
+    cfg = _cfg("res_unet_aux_adv_semi", "adversarial.t_semi=auto", "adversarial.unlabeled_prob=1.0",
+               "train.iterations=4", "train.checkpoint_every=2", "train.val_every=2")
+    train_run(cfg, tiny_phantom, tmp_path / "a", progress=False)
+    assert run_interrupted(cfg, tiny_phantom, tmp_path / "b", crash_at=3) == 2
+
+    wa, wb = _weights(tmp_path / "a" / "checkpoint_last.pt"), _weights(tmp_path / "b" / "checkpoint_last.pt")
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    rows = {r: [json.loads(line) for line in (tmp_path / r / "log.jsonl").read_text().splitlines()]
+            for r in ("a", "b")}
+    assert rows["a"] == rows["b"]
+    val2 = next(r for r in rows["a"] if r["kind"] == "val" and r["iteration"] == 2)
+    used = [r["t_semi"] for r in rows["a"] if r["kind"] == "train" and r["iteration"] > 2]
+    assert used == [val2["t_semi"]] * 2 == [val2["d_t_calibrated"]] * 2
+    sa = load_checkpoint(tmp_path / "a" / "checkpoint_last.pt")
+    assert sa["extra"]["t_semi"] == load_checkpoint(tmp_path / "b" / "checkpoint_last.pt")["extra"]["t_semi"]
+
+
 def test_nan_loss_stops_without_saving(
     tiny_phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -147,3 +172,27 @@ def test_pretraining_serves_no_unlabeled_data(tiny_phantom: Path, tmp_path: Path
         served.append(data.unlabeled.served)
     assert served[:3] == [0, 0, 0]
     assert served[3:] == [1, 2, 3]  # batch size 1, one unlabeled batch per iteration after pre-training
+
+
+def test_early_stopping_on_a_validation_plateau(
+    tiny_phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Validation DSC 0.1, 0.5, 0.45, 0.5, 0.4, ...: with patience 3 the run stops 3 validations after
+    the best (iteration 2), not at 20; resuming the stopped run trains nothing more."""
+    import advseg.training.trainer as trainer_mod
+
+    scores = iter([0.1, 0.5, 0.45, 0.5, 0.4] + [0.3] * 30)
+
+    def fake_dice(pred, truth, num_classes):
+        return np.array([np.nan] + [next(scores)] * (num_classes - 1))
+
+    monkeypatch.setattr(trainer_mod, "dice_per_class", fake_dice)
+    cfg = _cfg("res_unet", "train.iterations=20", "train.val_every=1", "train.checkpoint_every=0",
+               "train.early_stop_patience=3", "train.val_cases=1")
+    result = train_run(cfg, tiny_phantom, tmp_path / "run", progress=False)
+    assert result["best_iteration"] == 2 and result["iterations"] == 5
+    rows = [json.loads(r) for r in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert rows[-1] == {"kind": "stop", "iteration": 5, "best_iteration": 2, "reason": "plateau"}
+    assert load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")["iteration"] == 5
+    again = train_run(None, tiny_phantom, tmp_path / "run", resume=True, progress=False)
+    assert again["iterations"] == 5

@@ -257,6 +257,12 @@ def test_variant_trains_on_the_tiny_phantom(preset: str, tiny_phantom: Path, tmp
     assert len(rows) == 3
     _check_losses(rows)
     assert 0.0 <= result["best_score"] <= 1.0
+    # D diagnostics at the validation: S's max-softmax always, D's AUCs where D gives a per-voxel map
+    val = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()][-1]
+    assert val["kind"] == "val" and 0.0 <= val["softmax_auc_correct"] <= 1.0
+    assert ("conf_auc_correct" in val) == has_confidence_map(cfg)
+    if has_confidence_map(cfg):
+        assert 0.0 <= val["conf_auc_correct"] <= 1.0 and 0.0 <= val["d_auc_real_fake"] <= 1.0
     if cfg.adversarial.semi:
         assert [("loss_semi" in r) for r in rows] == ([False, True, False] if preset == "fusion_pair"
                                                       else [False, True, True])
@@ -311,3 +317,94 @@ def test_kohl_resume_is_exact(tiny_phantom: Path, tmp_path: Path, run_interrupte
     assert sa["schedulers"] == sb["schedulers"]
     assert sa["data"] == sb["data"]
     assert [r["loss_d"] for r in rows_a] == [r["loss_d"] for r in _train_rows(tmp_path / "b")]
+
+
+# ------------------------------------------------------------------------------------- D levers (issue 10)
+def _params(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def test_d_warmup_trains_d_alone_on_a_frozen_s(tmp_path: Path) -> None:
+    from advseg.training.variants.adversarial import AdversarialTrainer
+
+    cfg = _cfg("res_unet_aux_adv_semi", "adversarial.d_warmup_iterations=1", "adversarial.unlabeled_prob=1.0",
+               "adversarial.pretrain_iterations=0")
+    trainer = AdversarialTrainer(cfg, tmp_path, _memory_data(cfg, semi=True))
+    s0, d0 = _params(trainer.model), _params(trainer.D)
+    logs = trainer.training_step()
+    assert logs["d_warmup"] == 1 and logs["unlabeled"] == 0 and "loss_d" in logs
+    s1, d1 = _params(trainer.model), _params(trainer.D)
+    assert all(torch.equal(s0[k], s1[k]) for k in s0)  # S frozen, BN statistics too (eval mode)
+    assert any(not torch.equal(d0[k], d1[k]) for k in d0)
+    trainer.iteration = 1  # warm-up over: the ordinary step, S learns
+    logs = trainer.training_step()
+    assert "d_warmup" not in logs and "loss_adv" in logs
+    assert any(not torch.equal(s1[k], v) for k, v in _params(trainer.model).items())
+
+
+def test_d_target_errors_calls_fake_only_where_s_is_wrong(tmp_path: Path, monkeypatch) -> None:
+    import advseg.training.variants.adversarial as adv_module
+    from advseg.training.variants.adversarial import AdversarialTrainer
+
+    cfg = _cfg("res_unet_aux_adv", "adversarial.d_target=errors", "adversarial.d_label_smoothing=0.1",
+               "adversarial.d_instance_noise=0.05")
+    trainer = AdversarialTrainer(cfg, tmp_path, _memory_data(cfg, semi=False))
+    seen = {}
+    real_loss = adv_module.discriminator_loss
+
+    def spy(d_real, d_fake, real_target=1.0, fake_target=0.0):
+        seen["real_target"], seen["fake_target"] = real_target, fake_target
+        return real_loss(d_real, d_fake, real_target, fake_target)
+
+    monkeypatch.setattr(adv_module, "discriminator_loss", spy)
+    batch = trainer.next_labeled()
+    fake = adv_module.onehot(batch["label"].clone(), 6, dtype=torch.float32)
+    fake[:, :, 0] = 0
+    fake[:, 0, 0] = 1  # S "says" background on the first slice, the truth elsewhere
+    trainer.discriminator_step(batch, fake)
+    target = seen["fake_target"][:, 0]
+    right = batch["label"] == fake.argmax(1)
+    assert seen["real_target"] == pytest.approx(0.9)
+    assert torch.allclose(target[right], torch.tensor(0.9)) and torch.all(target[~right] == 0)
+    assert (~right).any() and right.any()
+    with pytest.raises(InputError, match="d_target"):
+        apply_overrides(cfg, ["adversarial.d_target=nonsense"])
+
+
+def test_init_from_starts_s_from_another_runs_weights(
+    tiny_run: Path, tiny_phantom: Path, tmp_path: Path
+) -> None:
+    from advseg.training.api import train_run
+
+    source = load_checkpoint(tiny_run / "checkpoint_last.pt")["nets"]["S"]
+    cfg = apply_overrides(load_preset("res_unet_aux_adv_semi+tiny"),
+                          [f"train.init_from={tiny_run / 'checkpoint_last.pt'}", "train.iterations=1",
+                           "adversarial.d_warmup_iterations=1", "train.val_every=0"])
+    train_run(cfg, tiny_phantom, tmp_path / "run", progress=False)
+    after = load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")["nets"]["S"]
+    assert all(torch.equal(source[k], after[k]) for k in source)  # loaded, then frozen by the warm-up
+    bad = apply_overrides(cfg, [f"train.init_from={tmp_path / 'nope.pt'}"])
+    with pytest.raises(InputError, match="checkpoint not found"):
+        train_run(bad, tiny_phantom, tmp_path / "run2", progress=False)
+    assert not (tmp_path / "run2").exists()
+
+
+def test_joint_forward_gives_the_same_terms_in_eval_mode_batch_norm(tmp_path: Path) -> None:
+    """One S/D pass over labeled + unlabeled equals two passes when batch norm uses running statistics
+    (in training mode the only difference is BN's batch statistics over both batches)."""
+    from advseg.training.variants.adversarial import AdversarialTrainer
+
+    terms = {}
+    for joint in (False, True):
+        cfg = _cfg("res_unet_aux_adv_semi", f"adversarial.joint_forward={str(joint).lower()}",
+                   "adversarial.pretrain_iterations=0", "adversarial.unlabeled_prob=1.0")
+        trainer = AdversarialTrainer(cfg, tmp_path / str(joint), _memory_data(cfg, semi=True))
+        trainer.model.eval()
+        batch, unl = trainer.next_labeled(), trainer.next_unlabeled()
+        with torch.no_grad():
+            t, logs, _ = trainer.segmenter_losses(batch, unl)
+        terms[joint] = {k: float(v) for k, v in t.items()} | {"semi_fraction": logs["semi_fraction"]}
+    assert terms[True].keys() == terms[False].keys() == {"loss_vox", "loss_adv", "loss_adv_u", "loss_semi",
+                                                          "semi_fraction"}
+    for k in terms[False]:
+        assert terms[True][k] == pytest.approx(terms[False][k], rel=1e-4, abs=1e-6), k

@@ -77,6 +77,44 @@ def validate(
     )
 
 
+@app.command("import-dicom")
+def import_dicom(
+    dicom_root: Annotated[
+        Path, typer.Argument(help="Folder tree of CT series and RTSTRUCT files (TPS export).")
+    ],
+    out_dataset: Annotated[Path, typer.Argument(help="Dataset folder to create (MSD layout).")],
+    structures: Annotated[
+        str | None,
+        typer.Option(help='ROI=label pairs, e.g. "Prostate=prostate,Bladder=bladder" (labels numbered '
+                          "in this order; default: prostate, bladder, rectum, left_femur, right_femur, "
+                          "found via synonyms)."),
+    ] = None,
+    synonyms: Annotated[
+        Path | None, typer.Option(help="YAML/JSON {label: [ROI names]} extending the built-in synonym table.")
+    ] = None,
+    keep_patient_id: Annotated[
+        bool, typer.Option(help="Name cases <PatientID>_NNN (default case_NNN: no patient identifier).")
+    ] = False,
+    resample: Annotated[
+        bool, typer.Option(help="Interpolate series with a missing slice or uneven spacing (warning) "
+                                "instead of refusing them.")
+    ] = False,
+) -> None:
+    """Convert planning CTs (DICOM series) and their RTSTRUCT contours into a training dataset."""
+    from advseg.data.import_dicom import import_dicom as run_import
+
+    try:
+        result = run_import(dicom_root, out_dataset, structures=structures, synonyms=synonyms,
+                            keep_patient_id=keep_patient_id, resample=resample)
+    except InputError as exc:
+        fail(exc)
+    for w in result.warnings:
+        typer.echo(f"warning: {w}", err=True)
+    classes = ", ".join(f"{k} {v}" for k, v in result.labels.items())
+    typer.echo(f"wrote {len(result.labeled)} labeled and {len(result.unlabeled)} unlabeled cases to "
+               f"{out_dataset} (labels: {classes})")
+
+
 @app.command()
 def train(
     data: Annotated[Path, typer.Option(help="Labeled dataset folder.")],
@@ -111,7 +149,7 @@ def train(
 @app.command()
 def predict(
     model_dir: Annotated[Path, typer.Argument(help="Training run folder.")],
-    input: Annotated[Path, typer.Argument(help="A NIfTI file or a folder of them.")],
+    input: Annotated[Path, typer.Argument(help="A NIfTI file, a folder of them, or a DICOM folder.")],
     output: Annotated[Path, typer.Argument(help="Output file (for one input) or folder.")],
     mode: Annotated[str | None, typer.Option(help="slabs | sliding_window (default: from config).")] = None,
     tta: Annotated[bool | None, typer.Option(help="Flip test-time augmentation.")] = None,
@@ -121,11 +159,21 @@ def predict(
         bool, typer.Option(help="Also write D's confidence map per case (into OUTPUT's confidence/ folder).")
     ] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    rtstruct: Annotated[
+        bool, typer.Option(help="DICOM input: also write <case>_RTSTRUCT.dcm per series (for the TPS).")
+    ] = False,
+    dicom_seg: Annotated[
+        bool, typer.Option(help="DICOM input: also write <case>_SEG.dcm, a DICOM Segmentation (for PACS).")
+    ] = False,
+    resample: Annotated[
+        bool, typer.Option(help="DICOM input: interpolate series with a missing slice or uneven spacing.")
+    ] = False,
     overwrite: Annotated[bool, typer.Option(
         help="Write into an OUTPUT folder that holds other files, or replace an OUTPUT file.")] = False,
 ) -> None:
     """Segment images with a trained model; labels come out in each input's original geometry.
 
+    INPUT may be a NIfTI file, a folder of them, or a folder tree of DICOM CT series.
     OUTPUT may never be, contain or lie inside INPUT (refused before anything is read)."""
     from advseg.inference.api import predict_path
 
@@ -133,6 +181,7 @@ def predict(
         predict_path(
             model_dir, input, output, mode=mode, tta=tta, keep_largest=keep_largest,
             checkpoint=checkpoint, save_confidence=save_confidence, device=device, overwrite=overwrite,
+            rtstruct=rtstruct, dicom_seg=dicom_seg, resample=resample,
         )
     except InputError as exc:
         fail(exc)

@@ -7,6 +7,10 @@ The page opens offline: styles are inline, every figure is a PNG embedded as bas
   Wilcoxon p-values), also written to ``results/`` beside it;
 * learning curves from each arm's ``log.jsonl`` (its first finished cell), and the validation mean
   DSC of every arm;
+* D diagnostics of every adversarial arm (its first cell's ``log.jsonl``, last validation; see
+  :mod:`advseg.training.diagnostics`): a table with D's AUCs beside S's max-softmax AUC and what the
+  threshold T_semi keeps, a reliability figure (accuracy of S's label per bin of confidence) and the
+  histogram of the confidences on the unlabeled pool;
 * overlay figures like Fig. 4 of the pelvic CT study: per case and axial slice, the image, the
   ground truth, the baseline's prediction, the method's prediction and a contour overlay (truth
   solid, baseline dotted, method dashed); with D's confidence map as a sixth panel when the method's
@@ -102,6 +106,7 @@ def write_report(path: str | Path, out: str | Path | None = None) -> Path:
         for t in tables(agg):
             parts.append(f"<h3>{_e(t.title)}</h3>{html_table(t)}")
     parts.append(_learning_curves(collection))
+    parts.append(_d_diagnostics(collection))
     parts.append(_overlays(collection, agg))
     page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>advseg report: {_e(collection.name)}</title><style>{_CSS}</style></head><body>"
@@ -160,14 +165,19 @@ def _read_log(run_dir: Path) -> list[dict[str, Any]]:
     return TrainingLog(run_dir / "log.jsonl").rows  # [] when the run has no log yet
 
 
-def _learning_curves(c: Collection) -> str:
-    from advseg.training.log import TrainingLog
-
+def _runs_by_arm(c: Collection) -> dict[str, list[Path]]:
     runs: dict[str, list[Path]] = {}
     for cell in c.cells:
         runs.setdefault(cell.arm, []).append(cell.run_dir)
     if not runs and c.kind == "run":
         runs = {c.name: [c.root]}
+    return runs
+
+
+def _learning_curves(c: Collection) -> str:
+    from advseg.training.log import TrainingLog
+
+    runs = _runs_by_arm(c)
     parts = []
     val_png = _validation_curves(runs)
     if val_png:
@@ -211,6 +221,128 @@ def _validation_curves(runs: dict[str, list[Path]]) -> bytes | None:
     ax.set(xlabel="iteration", ylabel="validation mean DSC", ylim=(0, 1),
            title="validation mean foreground DSC (mean over the arm's cells)")
     ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return _figure_png(fig)
+
+
+# ------------------------------------------------------------------------------------ D diagnostics
+
+#: (column header, log key, format) of the D diagnostics table
+DIAGNOSTIC_COLUMNS = [
+    ("iteration", "iteration", "d"),
+    ("T_semi", "t_semi", ".3f"),
+    ("AUC D real vs fake (S wrong)", "d_auc_real_fake", ".3f"),
+    ("AUC D conf. right vs wrong", "conf_auc_correct", ".3f"),
+    ("AUC max-softmax right vs wrong", "softmax_auc_correct", ".3f"),
+    ("region accuracy", "region_accuracy", ".3f"),
+    ("D > T: pass fraction", "d_pass_fraction", ".3f"),
+    ("D > T: accuracy", "d_pass_accuracy", ".3f"),
+    ("softmax > T: pass fraction", "softmax_pass_fraction", ".3f"),
+    ("softmax > T: accuracy", "softmax_pass_accuracy", ".3f"),
+    ("D: pass fraction at target accuracy", "d_pass_fraction_calibrated", ".3f"),
+    ("softmax: pass fraction at target accuracy", "softmax_pass_fraction_calibrated", ".3f"),
+]
+
+DIAGNOSTICS_NOTE = (
+    "Validation cases fed as if unlabeled, last validation of the arm's first run. Region: voxels where "
+    "the truth or S's prediction is foreground, dilated by 3 voxels. AUC 0.5 is chance; D earns its place "
+    "in L_semi only where its AUC beats S's own max-softmax. 'D > T' / 'softmax > T': the voxels whose "
+    "confidence passes the run's threshold T_semi and S's accuracy on them (region accuracy: on all of "
+    "the region). 'at target accuracy': the share passing the lowest threshold whose passing voxels reach "
+    "adversarial.t_semi_target_accuracy (empty: never reached)."
+)
+
+
+def _fmt(value: Any, spec: str) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "n/a"
+    return format(int(value), "d") if spec == "d" else format(float(value), spec)
+
+
+def _last_diagnostics(run_dir: Path) -> tuple[dict[str, Any] | None, str]:
+    """The last validation record with D diagnostics of a run, and its mask source."""
+    rows = [r for r in _read_log(run_dir) if r.get("kind") == "val" and "softmax_auc_correct" in r]
+    source = "d"
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.is_file():
+        import yaml
+
+        try:
+            adv = (yaml.safe_load(cfg_path.read_text()) or {}).get("adversarial", {})
+            source = str(adv.get("mask_source", "d"))
+        except (yaml.YAMLError, AttributeError):
+            pass
+    return (rows[-1] if rows else None), source
+
+
+def _d_diagnostics(c: Collection) -> str:
+    records = {}
+    for arm, dirs in _runs_by_arm(c).items():
+        rec, source = _last_diagnostics(dirs[0])
+        if rec is not None:
+            records[arm] = (rec, source, dirs[0])
+    if not records:
+        return ""
+    header = ["arm", "mask", *(h for h, _, _ in DIAGNOSTIC_COLUMNS)]
+    rows = [[(arm, False), (source, False),
+             *((_fmt(rec.get(k), spec), False) for _, k, spec in DIAGNOSTIC_COLUMNS)]
+            for arm, (rec, source, _) in records.items()]
+    table = Table("D diagnostics", header, rows, ["l", "l"] + ["r"] * len(DIAGNOSTIC_COLUMNS))
+    parts = ["<h2>D diagnostics</h2>", f"<p class='note'>{_e(DIAGNOSTICS_NOTE)}</p>", html_table(table)]
+    for arm, (rec, _, run_dir) in records.items():
+        png = diagnostics_figure(rec, f"{arm} ({run_dir.name}), iteration {rec.get('iteration')}")
+        parts.append(f"<h3>{_e(arm)}: reliability and confidence histogram</h3>"
+                     + png_tag(png, f"D diagnostics {arm}"))
+    return "".join(parts)
+
+
+def diagnostics_figure(rec: dict[str, Any], title: str = "") -> bytes:
+    """PNG: reliability (accuracy of S's label per bin of D's and of the softmax confidence, validation
+    region; bar heights the voxel shares) and the histogram of the confidences on the unlabeled pool."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_r, ax_h) = plt.subplots(1, 2, figsize=(10, 3.8))
+    colors = {"d": "tab:red", "softmax": "tab:blue"}
+    names = {"d": "D confidence", "softmax": "max-softmax"}
+    for src in ("d", "softmax"):
+        counts, hits = rec.get(f"{src}_reliability_counts"), rec.get(f"{src}_reliability_correct")
+        if not counts or not sum(counts):
+            continue
+        n = len(counts)
+        centers = (np.arange(n) + 0.5) / n
+        cnt = np.asarray(counts, dtype=np.float64)
+        acc = np.where(cnt > 0, np.asarray(hits, dtype=np.float64) / np.maximum(cnt, 1), np.nan)
+        ax_r.plot(centers, acc, marker="o", color=colors[src], label=f"{names[src]}: accuracy")
+        ax_r.bar(centers, cnt / cnt.sum(), width=1 / n, alpha=0.2, color=colors[src],
+                 label=f"{names[src]}: share of voxels")
+    ax_r.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls=":")
+    if rec.get("t_semi") is not None:
+        ax_r.axvline(float(rec["t_semi"]), color="k", lw=0.8, ls="--", label="T_semi")
+    ax_r.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="confidence", ylabel="accuracy of S / share",
+             title="reliability (validation region)")
+    ax_r.legend(fontsize=6)
+    drawn = False
+    for src in ("d", "softmax"):
+        for suffix, style, where in (("", "-", "all voxels"), ("_roi", "--", "prediction's region")):
+            hist = rec.get(f"pool_{src}_hist{suffix}")
+            if not hist or not sum(hist):
+                continue
+            edges = np.linspace(0, 1, len(hist) + 1)
+            ax_h.stairs(np.asarray(hist, dtype=np.float64) / sum(hist), edges, color=colors[src], lw=1.3,
+                        ls=style, label=f"{names[src]}, {where}")
+            drawn = True
+    if rec.get("t_semi") is not None:
+        ax_h.axvline(float(rec["t_semi"]), color="k", lw=0.8, ls="--", label="T_semi")
+    ax_h.set(xlim=(0, 1), xlabel="confidence", ylabel="share of voxels",
+             title=f"confidence on the unlabeled pool ({rec.get('pool_cases', 0)} volumes)")
+    if not drawn:
+        ax_h.text(0.5, 0.5, "no unlabeled pool", ha="center", va="center", fontsize=8)
+    ax_h.legend(fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return _figure_png(fig)
 

@@ -26,12 +26,14 @@ import io
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from advseg.errors import InputError
 from advseg.evaluation.stats import best_rows, describe, paired_wilcoxon
+from advseg.experiments.results import is_results_folder, read_results
 from advseg.metrics.accumulate import METRIC_UNITS, METRICS
 
 TABLE_METRICS: tuple[str, ...] = ("dsc", "ahd", "ashd", "rvd", "hd95", "nsd")
@@ -69,6 +71,7 @@ class CellResult:
     evaluation: Path  # folder with per_case.csv
     predictions: Path | None = None
     cases: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"images": [..], "label": ..}
+    per_case: list[dict[str, Any]] | None = None  # rows of a cell-result file (then no per_case.csv)
 
     @property
     def arm(self) -> str:
@@ -98,6 +101,7 @@ class Collection:
     report: dict[str, Any] = field(default_factory=dict)
     nsd_tolerance_mm: float = 2.0
     run_dirs: list[Path] = field(default_factory=list)  # every run folder, finished or not
+    training_cases: int | None = None  # the fold's training-set size where the cells tell it
 
 
 def level_label(fraction: float | None, count: int | None) -> str:
@@ -119,6 +123,8 @@ def find_results(path: str | Path) -> Collection:
     root = Path(path)
     if not root.is_dir():
         raise InputError(root, "folder not found")
+    if is_results_folder(root):
+        return _results_collection(root)
     if (root / MATRIX_FILE).is_file():
         manifest = json.loads((root / MATRIX_FILE).read_text())
         cells, arms, run_dirs = [], [], []
@@ -151,6 +157,32 @@ def find_results(path: str | Path) -> Collection:
     runs.sort(key=lambda p: (order.index(p.name) if p.name in order else len(order), p.name))
     cells = [c for c in (_run_folder_cell(p) for p in runs) if c is not None]
     return Collection("runs", root, root.name, cells, len(runs), [c.arm for c in cells], "all", run_dirs=runs)
+
+
+def _level_order(label: str) -> tuple[int, float]:
+    """Counts (``n4``) before fractions, each ascending: the labeled-data axis of the tables."""
+    return (0, float(label[1:])) if label.startswith("n") else (1, float(label))
+
+
+def _results_collection(root: Path) -> Collection:
+    """A folder of committed cell-result files (:mod:`advseg.experiments.results`)."""
+    docs = read_results(root)
+    cells = []
+    for d in docs:
+        c = d["cell"]
+        path = Path(d["_path"])
+        cells.append(CellResult(method=c["method"], level=c["level"]["label"], seed=int(c["seed"]),
+                                fold=int(c["fold"]), run_dir=path.parent, evaluation=path.parent,
+                                per_case=d["per_case"]))
+    methods = list(dict.fromkeys(c.method for c in cells))
+    levels = sorted({c.level for c in cells}, key=_level_order)
+    arms = [f"{m}@{lv}" for m in methods for lv in levels if any(c.arm == f"{m}@{lv}" for c in cells)]
+    # labeled + withheld = the fold's training set (withheld is only recorded by semi-supervised cells;
+    # a fraction-1 cell has them all labeled)
+    sizes = [d.get("cases", {}).get("labeled", 0) + d.get("cases", {}).get("unlabeled_withheld", 0)
+             for d in docs]
+    return Collection("results", root, root.name, cells, len(cells), arms, "same_level",
+                      training_cases=max(sizes) if sizes and max(sizes) > 0 else None)
 
 
 def _demo_order(root: Path) -> list[str]:
@@ -224,6 +256,7 @@ class Aggregate:
     total_cells: int
     nsd_tolerance_mm: float = 2.0
     notes: list[str] = field(default_factory=list)
+    training_cases: int | None = None  # the fold's training-set size, when known (places fractions)
 
     def samples(self, arm: str) -> int:
         return len({(r["case"], r["fold"], r["seed"]) for r in self.rows if r["arm"] == arm})
@@ -234,10 +267,14 @@ def read_per_case(cells: Iterable[CellResult]) -> list[dict[str, Any]]:
     rows = []
     for cell in cells:
         path = cell.evaluation / "per_case.csv"
-        if not path.is_file():
+        if cell.per_case is None and not path.is_file():
             continue
-        with path.open(newline="") as fh:
-            for r in csv.DictReader(fh):
+        with ExitStack() as stack:
+            if cell.per_case is not None:
+                source: Iterable[Mapping[str, Any]] = cell.per_case
+            else:
+                source = csv.DictReader(stack.enter_context(path.open(newline="")))
+            for r in source:
                 row: dict[str, Any] = {"arm": cell.arm, "method": cell.method, "level": cell.level,
                                        "seed": cell.seed, "fold": cell.fold, "case": r["case"],
                                        "organ": r["organ"]}
@@ -286,7 +323,8 @@ def aggregate(
         notes.append(f"{len(collection.cells)} of {collection.total_cells} cells finished; the tables cover "
                      "only those")
     return Aggregate(collection.name, arms, arm_info, organs, present, summary, tests, rows,
-                     len(collection.cells), collection.total_cells, collection.nsd_tolerance_mm, notes)
+                     len(collection.cells), collection.total_cells, collection.nsd_tolerance_mm, notes,
+                     training_cases=collection.training_cases)
 
 
 def _keyed(rows: list[dict[str, Any]], arm: str, organ: str, metric: str) -> dict[tuple, float]:
@@ -523,13 +561,21 @@ def write_aggregate(agg: Aggregate, out_dir: str | Path) -> dict[str, Path]:
     }
     for name, text in paths.items():
         atomic_write_text(out / name, text)
-    return {name: out / name for name in paths}
+    written = {name: out / name for name in paths}
+    from advseg.experiments.figures import plot_metric_vs_labels
+
+    figure = plot_metric_vs_labels(agg, out / "dsc_vs_labels.png", "dsc", total_cases=agg.training_cases)
+    if figure is not None:
+        written["dsc_vs_labels.png"] = figure
+    return written
 
 
 def aggregate_folder(
     path: str | Path, out_dir: str | Path | None = None
 ) -> tuple[Aggregate, dict[str, Path]]:
-    """Find, aggregate and write the results of a matrix / run folder (default into ``<path>/results``)."""
+    """Find, aggregate and write the results of a matrix / run folder (default into ``<path>/results``;
+    for a folder of cell-result files, ``<path>/tables``)."""
     collection = find_results(path)
     agg = aggregate(collection)
-    return agg, write_aggregate(agg, out_dir if out_dir is not None else Path(path) / "results")
+    default = Path(path) / ("tables" if collection.kind == "results" else "results")
+    return agg, write_aggregate(agg, out_dir if out_dir is not None else default)

@@ -27,6 +27,9 @@ def experiment(
     device: Annotated[str | None, typer.Option(
         help="auto | cpu | cuda | cuda:N (default: the config's).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
+    results: Annotated[Path | None, typer.Option(
+        help="Folder of committable per-cell JSON results: each finished cell is written there, and "
+             "--aggregate builds the tables from these files (into RESULTS/tables).")] = None,
 ) -> None:
     """Run a matrix of trainings (methods x labeled fractions x seeds x folds), resumable; aggregate it.
 
@@ -37,25 +40,30 @@ def experiment(
     from advseg.experiments.matrix import ExperimentMatrix, load_matrix_config
 
     try:
-        cfg = load_matrix_config(config, data=data)
-        matrix = ExperimentMatrix(cfg, out if out is not None else Path("runs") / cfg.name, device=device)
-        if list_cells:
-            for line in matrix.list_commands(config, data):
-                typer.echo(line)
-            return
-        if not aggregate_only:
-            matrix.run([cell] if cell is not None else None, progress=not quiet)
+        if aggregate_only and results is not None:
+            # committed cell files alone: no dataset, no run folders needed (a fresh clone can do it)
+            agg, paths = aggregate_folder(results)
+            done = total = agg.finished_cells
         else:
-            matrix.check_out()
-        done, total = matrix.status()
-        if done == 0:
-            typer.echo(f"{matrix.out}: no finished cell yet (0 of {total})")
-            return
-        if cell is not None and done < total and not aggregate_only:
-            typer.echo(f"cell {cell} finished; {done} of {total} cells done in {matrix.out}")
-            return
-        matrix.write_manifest()
-        agg, paths = aggregate_folder(matrix.out)
+            cfg = load_matrix_config(config, data=data)
+            matrix = ExperimentMatrix(cfg, out if out is not None else Path("runs") / cfg.name, device=device)
+            if list_cells:
+                for line in matrix.list_commands(config, data):
+                    typer.echo(line)
+                return
+            if not aggregate_only:
+                matrix.run([cell] if cell is not None else None, progress=not quiet, results=results)
+            else:
+                matrix.check_out()
+            done, total = matrix.status()
+            if done == 0:
+                typer.echo(f"{matrix.out}: no finished cell yet (0 of {total})")
+                return
+            if cell is not None and done < total and not aggregate_only:
+                typer.echo(f"cell {cell} finished; {done} of {total} cells done in {matrix.out}")
+                return
+            matrix.write_manifest()
+            agg, paths = aggregate_folder(matrix.out)
     except InputError as exc:
         fail(exc)
     from advseg.experiments.aggregate import markdown_table, overview_table

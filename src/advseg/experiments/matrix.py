@@ -679,8 +679,14 @@ class ExperimentMatrix:
         return record
 
     # ---------------------------------------------------------------- the matrix
-    def run(self, indices: list[int] | None = None, progress: bool = True) -> list[dict[str, Any]]:
-        """Run the given cells (default all), skipping finished ones; returns their records."""
+    def run(self, indices: list[int] | None = None, progress: bool = True,
+            results: str | Path | None = None) -> list[dict[str, Any]]:
+        """Run the given cells (default all), skipping finished ones; returns their records.
+
+        ``results``: also write each finished cell (also those finished before) as a committable JSON
+        file into this folder (:func:`advseg.experiments.results.export_cell_result`)."""
+        from advseg.experiments.results import export_cell_result
+
         for i in indices or []:
             if not 0 <= i < len(self.cells):
                 raise InputError(self.config.source,
@@ -692,11 +698,17 @@ class ExperimentMatrix:
         pending = [c for c in cells if done[c.index] is None]
         display = MatrixProgress(len(cells), len(cells) - len(pending), durations, enabled=progress)
         records = {i: r for i, r in done.items() if r}
+        if results is not None:
+            for c in cells:
+                if done[c.index] is not None:
+                    export_cell_result(self.cell_folder(c), results)
         for cell in pending:
             display.show(next_cell=cell)
             t0 = time.perf_counter()
             records[cell.index] = self.run_cell(cell, progress=progress)
             display.finished(time.perf_counter() - t0)
+            if results is not None:
+                export_cell_result(self.cell_folder(cell), results)
         display.show(next_cell=None)
         return [records[c.index] for c in cells]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -24,6 +25,8 @@ from advseg.errors import InputError
 from advseg.inference.postprocess import keep_largest_component
 from advseg.inference.sliding import flip_tta, predict_logits
 from advseg.io import Volume, read_volume, strip_suffix, write_volume
+from advseg.io.atomic import atomic_write_text
+from advseg.io.dicom.series import is_dicom_folder
 from advseg.io.guard import MANIFEST, check_output_dir, check_output_file, record_outputs, refuse_overlap
 from advseg.networks.factory import build_network, to_channels_last
 from advseg.training.checkpoint import load_checkpoint
@@ -155,15 +158,101 @@ def _inputs(input: Path) -> dict[str, list[Path]]:
         return {_case_name(input): [input]}
     if not input.is_dir():
         raise InputError(input, "input not found")
-    files = sorted(
-        p for p in input.iterdir() if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith(".")
-    )
+    files = _nifti_files(input)
     if not files:
-        raise InputError(input, "no NIfTI images (.nii.gz / .nii) in this folder")
+        raise InputError(input, "no NIfTI images (.nii.gz / .nii) and no DICOM files in this folder")
     cases: dict[str, list[Path]] = {}
     for f in files:
         cases.setdefault(_case_name(f), []).append(f)
     return cases
+
+
+def _nifti_files(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.iterdir() if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith(".")
+    )
+
+
+def predict_dicom(
+    model: SegmentationModel,
+    input: Path,
+    output: Path,
+    rtstruct: bool = False,
+    dicom_seg: bool = False,
+    resample: bool = False,
+    save_confidence: bool = False,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Segment every CT series under the DICOM folder ``input`` into the folder ``output``.
+
+    Per series (cases ``case_000``, ... in folder order; no patient identifier in names):
+    ``<case>.nii.gz`` (label map, the series' geometry), with ``rtstruct`` ``<case>_RTSTRUCT.dcm``
+    (:func:`advseg.io.dicom.rtstruct.write_rtstruct`: one ROI per organ, named as the run's
+    labels), with ``dicom_seg`` ``<case>_SEG.dcm`` (:func:`advseg.io.dicom.seg.write_seg`), and
+    ``dicom_index.json`` mapping each case to its series' UIDs and the files written. Every series
+    is read and checked before anything is written; ``output`` follows :mod:`advseg.io.guard` (never
+    the input, inside it or around it; a new, empty or earlier ``predict`` folder unless
+    ``overwrite``). Returns the label files.
+    """
+    from advseg.io.dicom.series import read_series_folder
+
+    refuse_overlap([output], [input])
+    if output.exists() and not output.is_dir():
+        raise InputError(output, "for DICOM input, OUTPUT must be a folder")
+    check_output_dir(output, "predict", overwrite)
+    if model.cfg.network.in_channels != 1:
+        n = model.cfg.network.in_channels
+        raise InputError(input, f"the model needs {n} channels; a CT series is one")
+    series = read_series_folder(input, resample=resample)
+    for s in series:
+        for w in s.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+    names = {f"case_{i:03d}": s for i, s in enumerate(series)}
+    volumes = {}
+    for name, s in names.items():
+        vol = s.read()
+        if not np.isfinite(vol.array).all():
+            raise InputError(s.files[0], "image contains NaN or Inf values")
+        volumes[name] = vol
+    label_names = {k: v for k, v in model.labels.items()} or {
+        k: f"label_{k}" for k in range(model.cfg.network.out_channels)
+    }
+    planned = [output / "dicom_index.json"]
+    for name in names:
+        planned += [output / f"{name}.nii.gz", *(output / f"{name}_{k}.dcm" for k, on in
+                                                 (("RTSTRUCT", rtstruct), ("SEG", dicom_seg)) if on)]
+        if save_confidence:
+            planned.append(confidence_path(output / f"{name}.nii.gz"))
+    record_outputs(output, "predict", planned)
+    written, index = [], {}
+    for name, s in names.items():
+        pred = model.predict_volume(volumes[name], with_confidence=save_confidence)
+        target = output / f"{name}.nii.gz"
+        write_volume(target, pred.labels, dtype=np.uint8)
+        if pred.confidence is not None:
+            write_volume(confidence_path(target), pred.confidence, np.float32)
+        entry = {**s.index(), "labels": target.name}
+        if (rtstruct or dicom_seg) and not pred.labels.array.any():
+            print(f"warning: {name} (series {s.series_uid}): no organ predicted; no RTSTRUCT/SEG written",
+                  file=sys.stderr)
+        elif rtstruct:
+            from advseg.io.dicom.rtstruct import write_rtstruct
+
+            ds = write_rtstruct(output / f"{name}_RTSTRUCT.dcm", pred.labels.array, label_names, s)
+            entry["RTSTRUCT"] = {"file": f"{name}_RTSTRUCT.dcm", "SOPInstanceUID": str(ds.SOPInstanceUID)}
+        if dicom_seg and pred.labels.array.any():
+            from advseg.io.dicom.seg import write_seg
+
+            ds = write_seg(output / f"{name}_SEG.dcm", pred.labels.array, label_names, s)
+            entry["SEG"] = {"file": f"{name}_SEG.dcm", "SOPInstanceUID": str(ds.SOPInstanceUID)}
+        index[name] = entry
+        written.append(target)
+        if progress:
+            extra = "".join(f" + {k}" for k in ("RTSTRUCT", "SEG") if k in entry)
+            print(f"{name} (series {s.series_uid}): {pred.seconds:.2f} s -> {target}{extra}")
+    atomic_write_text(output / "dicom_index.json", json.dumps(index, indent=2) + "\n")
+    return written
 
 
 def predict_path(
@@ -178,8 +267,12 @@ def predict_path(
     device: str = "auto",
     progress: bool = True,
     overwrite: bool = False,
+    rtstruct: bool = False,
+    dicom_seg: bool = False,
+    resample: bool = False,
 ) -> list[Path]:
-    """Segment a NIfTI file or every image of a folder; write ``<case>.nii.gz`` label maps.
+    """Segment a NIfTI file, every image of a folder, or every CT series of a DICOM folder tree;
+    write ``<case>.nii.gz`` label maps (and, for DICOM input, see :func:`predict_dicom`).
 
     All inputs are read and checked before anything is written. For a single file, ``output`` may
     be a file name (``*.nii.gz``) or a folder. Returns the written label files.
@@ -191,7 +284,15 @@ def predict_path(
     """
     input, output = Path(input), Path(output)
     refuse_overlap([output], [input], hosts=[model_dir])
+    dicom_input = input.is_dir() and not _nifti_files(input) and is_dicom_folder(input)
+    if (rtstruct or dicom_seg) and not dicom_input:
+        flag = "--rtstruct" if rtstruct else "--dicom-seg"
+        raise InputError(input, f"{flag} needs a folder of DICOM CT series as INPUT (it references their "
+                                "UIDs)")
     model = load_model(model_dir, checkpoint, device, mode=mode, tta_flip=tta, keep_largest=keep_largest)
+    if dicom_input:
+        return predict_dicom(model, input, output, rtstruct=rtstruct, dicom_seg=dicom_seg, resample=resample,
+                             save_confidence=save_confidence, progress=progress, overwrite=overwrite)
     cases = _inputs(input)
     n_channels = model.cfg.network.in_channels
     for name, files in cases.items():

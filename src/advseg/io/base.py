@@ -1,4 +1,4 @@
-"""One interface for every image reader/writer (NIfTI now, DICOM/RTSTRUCT later).
+"""One interface for every image reader/writer (NIfTI files; DICOM CT series folders).
 
 Convention used everywhere in advseg: ``Volume.array`` is indexed ``(Z, Y, X)`` (slices first, as
 the networks' ``(B, C, Z, Y, X)`` tensors), while ``Volume.affine`` is the file's own 4 x 4 affine
@@ -63,12 +63,17 @@ def register_io(io: VolumeIO) -> None:
 
 
 def io_for(path: str | Path) -> VolumeIO:
+    """The format for ``path``: by its name's ending, or (DICOM) by what a folder holds."""
     name = Path(path).name.lower()
     for io in _REGISTRY:
+        accepts = getattr(io, "accepts", None)
+        if accepts is not None and accepts(Path(path)):
+            return io
         if any(name.endswith(s) for s in io.suffixes):
             return io
     known = sorted({s for io in _REGISTRY for s in io.suffixes})
-    raise InputError(path, f"unsupported file type (known: {', '.join(known)})")
+    folders = " or a folder of one DICOM CT series" if any(hasattr(io, "accepts") for io in _REGISTRY) else ""
+    raise InputError(path, f"unsupported file type (known: {', '.join(known)}{folders})")
 
 
 def read_volume(path: str | Path) -> Volume:

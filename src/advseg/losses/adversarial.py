@@ -49,13 +49,28 @@ def adversarial_loss_s(d_logits_fake: torch.Tensor) -> torch.Tensor:
     return _bce_const(d_logits_fake, 1.0)
 
 
-def discriminator_loss(d_logits_real: torch.Tensor, d_logits_fake: torch.Tensor) -> torch.Tensor:
+def discriminator_loss(
+    d_logits_real: torch.Tensor,
+    d_logits_fake: torch.Tensor,
+    real_target: float = 1.0,
+    fake_target: float | torch.Tensor = 0.0,
+) -> torch.Tensor:
     """L_D = ``mean BCE(D(x * y), 1) + mean BCE(D(x * S(x)), 0)`` (each term averaged over batch and voxels).
 
     ``d_logits_real``: D on the ground truth input; ``d_logits_fake``: D on S's output computed from
     ``S(x).detach()`` by the caller, so that L_D updates D only and no gradient reaches S.
+    ``real_target``: 1 (the study) or ``1 - s`` (one-sided label smoothing). ``fake_target``: 0 (the
+    study), or a per-voxel target map of ``d_logits_fake``'s shape (``adversarial.d_target: errors``:
+    the real target where S's label is right, 0 where it is wrong).
     """
-    return _bce_const(d_logits_real, 1.0) + _bce_const(d_logits_fake, 0.0)
+    real = _bce_const(d_logits_real, real_target)
+    if isinstance(fake_target, torch.Tensor):
+        if fake_target.shape != d_logits_fake.shape:
+            raise ValueError(f"fake target {tuple(fake_target.shape)} does not match D's output "
+                             f"{tuple(d_logits_fake.shape)}")
+        fake = F.binary_cross_entropy_with_logits(d_logits_fake, fake_target.to(d_logits_fake.dtype))
+        return real + fake
+    return real + _bce_const(d_logits_fake, float(fake_target))
 
 
 def pure_adversarial_loss(d_logits_fake: torch.Tensor) -> torch.Tensor:

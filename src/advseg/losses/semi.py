@@ -1,6 +1,8 @@
 """Semi-supervised losses on unlabeled volumes: D's confidence selects which self-taught labels to trust.
 
-* :func:`semi_supervised_loss` - the pelvic study (after Hung et al. 2018): masked self-training.
+* :func:`semi_supervised_loss` - the pelvic study (after Hung et al. 2018): masked self-training;
+  :func:`masked_self_training_loss` the same for any confidence map, e.g. S's own max-softmax
+  (:func:`softmax_confidence`, ``adversarial.mask_source: softmax``).
 * :func:`region_attention_loss` - ASDNet (Nie et al. 2018): the same form with threshold gamma.
 * :func:`fusion_pseudo_label` - Pan et al. 2022: the fusion D picks the better of two segmentations.
 """
@@ -27,20 +29,45 @@ def semi_supervised_loss(
     gives zero gradients). Returns ``(loss, mask_fraction)``: the scalar loss and the detached fraction of
     voxels passing ``T_semi`` (a 0-dim tensor, for logging; ``float()`` it).
     """
-    if d_logits_fake.ndim != seg_logits.ndim or d_logits_fake.shape[1] != 1 or (
-        d_logits_fake.shape[0] != seg_logits.shape[0] or d_logits_fake.shape[2:] != seg_logits.shape[2:]
-    ):
-        raise ValueError(
-            f"D's confidence map {tuple(d_logits_fake.shape)} must be (B, 1, *spatial) of the segmentation "
-            f"{tuple(seg_logits.shape)}"
-        )
+    _check_confidence_shape(seg_logits, d_logits_fake)
     with torch.no_grad():
-        mask = torch.sigmoid(d_logits_fake.detach().float())[:, 0] > t_semi
+        confidence = torch.sigmoid(d_logits_fake.detach().float())
+    return masked_self_training_loss(seg_logits, confidence, t_semi)
+
+
+def softmax_confidence(seg_logits: torch.Tensor) -> torch.Tensor:
+    """S's own confidence: the max-softmax probability per voxel, ``(B, 1, *spatial)`` in [1/C, 1],
+    detached (``adversarial.mask_source: softmax``)."""
+    with torch.no_grad():
+        return torch.softmax(seg_logits.detach().float(), dim=1).amax(dim=1, keepdim=True)
+
+
+def masked_self_training_loss(
+    seg_logits: torch.Tensor, confidence: torch.Tensor, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Self-training on the confident voxels: ``CE(S(x), argmax S(x))`` averaged over the voxels with
+    ``confidence > threshold``, the form of :func:`semi_supervised_loss` for any confidence map
+    ``(B, 1, *spatial)`` in [0, 1] (D's ``sigmoid(D(.))`` or :func:`softmax_confidence`). Same gradients
+    and return value ``(loss, fraction of voxels passing)``.
+    """
+    _check_confidence_shape(seg_logits, confidence)
+    with torch.no_grad():
+        mask = confidence.detach()[:, 0] > threshold
         target = seg_logits.detach().argmax(dim=1)
     ce = F.cross_entropy(seg_logits, target, reduction="none")  # (B, *spatial)
     # where() instead of multiplying: a masked-out voxel then passes exactly zero gradient.
     loss = torch.where(mask, ce, torch.zeros_like(ce)).sum() / mask.sum().clamp_min(1)
     return loss, mask.float().mean()
+
+
+def _check_confidence_shape(seg_logits: torch.Tensor, conf: torch.Tensor) -> None:
+    if conf.ndim != seg_logits.ndim or conf.shape[1] != 1 or (
+        conf.shape[0] != seg_logits.shape[0] or conf.shape[2:] != seg_logits.shape[2:]
+    ):
+        raise ValueError(
+            f"D's confidence map {tuple(conf.shape)} must be (B, 1, *spatial) of the segmentation "
+            f"{tuple(seg_logits.shape)}"
+        )
 
 
 def region_attention_loss(

@@ -204,6 +204,11 @@ class FCDiscriminator(nn.Module):
     ``in_channels = num_classes * image_channels``; any size >= 1 (padding keeps ``ceil(n/2)`` per stage,
     e.g. a 16x128x128 slab becomes 1x8x8). Output ``(B, 1, *spatial)`` LOGITS; ``sigmoid`` is the
     confidence that a voxel's label is ground truth.
+
+    ``decoder=True`` replaces the up-sampling of the coarsest logits by a U-Net-like decoder: per
+    stage, up-sample to the finer level, concatenate its features (the input itself at full
+    resolution) and a 3x3(x3) conv + LeakyReLU, then the classifier at full resolution. Same
+    receptive field, but the map can place an error at a single voxel.
     """
 
     def __init__(
@@ -213,6 +218,7 @@ class FCDiscriminator(nn.Module):
         channels: Sequence[int] = (32, 64, 128, 256),
         norm: str | None = None,
         negative_slope: float = 0.2,
+        decoder: bool = False,
     ) -> None:
         super().__init__()
         _check_dims(spatial_dims)
@@ -226,11 +232,45 @@ class FCDiscriminator(nn.Module):
                 for a, b in zip(widths[:-1], widths[1:], strict=True)
             ]
         )
-        self.classifier = _CONV[spatial_dims](widths[-1], 1, 3, padding=1)
+        self.decoder = None
+        head = widths[-1]
+        if decoder:
+            conv = _CONV[spatial_dims]
+            outs = [widths[1], *widths[1:-1]]  # decoder width at each finer level (>= the first stage's)
+            ups, cin = [], widths[-1]
+            for level in reversed(range(len(channels))):  # finer level receiving the up-sampled features
+                ups.append(nn.Sequential(conv(cin + widths[level], outs[level], 3, padding=1),
+                                         nn.LeakyReLU(negative_slope)))
+                cin = outs[level]
+            self.decoder = nn.ModuleList(ups)
+            head = cin
+        self.classifier = _CONV[spatial_dims](head, 1, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.spatial_dims, self.in_channels, type(self).__name__)
-        return _upsample_to(self.classifier(self.stages(x)), x.shape[2:], self.spatial_dims)
+        if self.decoder is None:
+            return _upsample_to(self.classifier(self.stages(x)), x.shape[2:], self.spatial_dims)
+        feats = [x]
+        for stage in self.stages:
+            feats.append(stage(feats[-1]))
+        h = feats[-1]
+        for up, skip in zip(self.decoder, reversed(feats[:-1]), strict=True):
+            h = up(torch.cat([_upsample_to(h, skip.shape[2:], self.spatial_dims), skip], dim=1))
+        return self.classifier(h)
+
+
+def spectral_normalized(module: nn.Module) -> nn.Module:
+    """``module`` with spectral normalisation (Miyato et al. 2018) on every convolution and linear layer:
+    each weight is divided by its largest singular value (one power iteration per forward pass), which
+    bounds D's Lipschitz constant and steadies its training."""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear):
+            setattr(module, name, spectral_norm(child))
+        else:
+            spectral_normalized(child)
+    return module
 
 
 class ImageLevelDiscriminator(nn.Module):
@@ -401,12 +441,17 @@ def make_discriminator(
     norm = resolve_d_norm(cfg)
     cin = discriminator_in_channels(kind, image_channels, num_classes)
     channels = tuple(cfg.d_channels)
+    net: nn.Module
     if cfg.discriminator == "fcn":
-        return FCDiscriminator(spatial_dims, cin, channels, norm=norm)
-    if cfg.discriminator == "image":
-        return ImageLevelDiscriminator(spatial_dims, cin, channels, norm=norm)
-    if cfg.discriminator == "dcgan2d":
+        net = FCDiscriminator(spatial_dims, cin, channels, norm=norm, decoder=cfg.d_decoder)
+    elif cfg.discriminator == "image":
+        net = ImageLevelDiscriminator(spatial_dims, cin, channels, norm=norm)
+    elif cfg.discriminator == "dcgan2d":
         if norm is not None:
             raise ValueError("the DCGAN discriminator has no normalisation (d_norm: auto or none)")
-        return DCGANDiscriminator(spatial_dims, cin, channels)
-    return FusionDiscriminator(spatial_dims, cin, channels, norm=norm)
+        net = DCGANDiscriminator(spatial_dims, cin, channels)
+    else:
+        net = FusionDiscriminator(spatial_dims, cin, channels, norm=norm)
+    if cfg.d_decoder and cfg.discriminator != "fcn":
+        raise ValueError(f"d_decoder is an option of the fcn discriminator, not of '{cfg.discriminator}'")
+    return spectral_normalized(net) if cfg.d_spectral_norm else net

@@ -65,7 +65,7 @@ def select_cases(cfg: Config, index: DatasetIndex, splits_path: Path) -> dict[st
         count=cfg.train.labeled_count,
         seed=cfg.train.seed,
     )
-    withheld = unlabeled_complement(train, labeled) if cfg.adversarial.semi else []
+    withheld = unlabeled_complement(train, labeled) if cfg.uses_unlabeled else []
     val = list(fold["val"])
     if cfg.train.val_cases:
         val = val[: cfg.train.val_cases]
@@ -108,13 +108,15 @@ def prepare_training(
     refuse_overlap([out], [data, *(unlabeled or [])])
     _check_out(out, resume)
     cfg = load_config(out / "config.yaml") if cfg is None else validate_config(cfg)
+    if cfg.train.init_from and not resume and not Path(cfg.train.init_from).is_file():
+        raise InputError(cfg.train.init_from, "train.init_from: checkpoint not found")
     index = load_dataset(data, unlabeled_dirs=list(unlabeled or []))
     validate_dataset(index, check_test=False)
     cfg = finalize_config(cfg, index)
 
     cache_root = default_cache_root(cfg.data)
     selection = select_cases(cfg, index, splits_path(cache_root, index, cfg))
-    extra_unlabeled = [c.name for c in index.unlabeled] if cfg.adversarial.semi else []
+    extra_unlabeled = [c.name for c in index.unlabeled] if cfg.uses_unlabeled else []
     with_labels = set(selection["labeled"]) | set(selection["val"])
     wanted = sorted(with_labels | set(selection["unlabeled_withheld"]) | set(extra_unlabeled))
     pre = preprocess_dataset(
@@ -155,7 +157,7 @@ def prepare_training(
     )
     unl_names = selection["unlabeled_withheld"] + extra_unlabeled
     unlabeled_src = None
-    if cfg.adversarial.semi and unl_names:
+    if cfg.uses_unlabeled and unl_names:
         u_imgs, _ = load(unl_names, False)
         augment_u = build_augmentation(
             cfg.augment, spatial_dims=spatial_dims, seed=cfg.train.seed + 1, swap_labels_on_flip=pairs
@@ -164,7 +166,7 @@ def prepare_training(
             PatchDataset(u_imgs, None, patch, 0.0, augment_u, seed=cfg.train.seed + 1, names=unl_names),
             cfg.train.batch_size,
         )
-    elif cfg.adversarial.semi:
+    elif cfg.uses_unlabeled:
         raise InputError(
             data,
             "semi-supervised training needs unlabeled images: none found "
@@ -233,6 +235,8 @@ def train_run(
         trainer = trainer_class(cfg)(cfg, out, tdata, device=device)
         if resume and trainer.resume():
             print(f"resumed {out} at iteration {trainer.iteration}/{cfg.train.iterations}")
+        elif cfg.train.init_from:
+            trainer.init_weights(cfg.train.init_from)
         result = trainer.fit(progress=progress)
     except TrainingDiverged as exc:
         raise SystemExit(f"error: {out}: {exc}") from None

@@ -9,6 +9,16 @@ from typing import Any
 
 from advseg.io.atomic import atomic_path, atomic_write_text
 
+#: validation-record keys drawn in the diagnostics panel: (legend, line style)
+DIAGNOSTIC_CURVES = {
+    "d_auc_real_fake": ("AUC D real vs fake (S wrong)", "-"),
+    "conf_auc_correct": ("AUC D conf., right vs wrong", "-"),
+    "softmax_auc_correct": ("AUC max-softmax, right vs wrong", "-"),
+    "d_pass_fraction": ("pass fraction, D > T_semi", "--"),
+    "softmax_pass_fraction": ("pass fraction, softmax > T_semi", "--"),
+    "t_semi": ("T_semi in use", ":"),
+}
+
 
 class TrainingLog:
     """Append-only log that can be rewound to an iteration on resume (so it matches the checkpoint)."""
@@ -35,7 +45,9 @@ class TrainingLog:
             fh.write(json.dumps(row) + "\n")
 
     def plot(self, path: str | Path) -> None:
-        """Every loss (keys starting with ``loss``) and validation DSC against the iteration."""
+        """Every loss (keys starting with ``loss``) and validation DSC against the iteration; for an
+        adversarial run with D diagnostics (:mod:`advseg.training.diagnostics`) a third panel: D's AUCs
+        beside S's max-softmax AUC, the pass fractions at T_semi and the threshold in use."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -43,7 +55,8 @@ class TrainingLog:
 
         train = [r for r in self.rows if r.get("kind") == "train"]
         val = [r for r in self.rows if r.get("kind") == "val"]
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        diag = [r for r in val if any(r.get(k) is not None for k in DIAGNOSTIC_CURVES)]
+        fig, axes = plt.subplots(1, 3 if diag else 2, figsize=(16.5 if diag else 11, 4))
         keys = sorted({k for r in train for k in r if k.startswith("loss")})
         for k in keys:
             pts = [(r["iteration"], r[k]) for r in train if r.get(k) is not None]
@@ -59,6 +72,16 @@ class TrainingLog:
         axes[1].set(xlabel="iteration", ylabel="DSC", title="validation DSC", ylim=(0, 1))
         if dkeys:
             axes[1].legend(fontsize=8)
+        if diag:
+            ax = axes[2]
+            for key, (label, style) in DIAGNOSTIC_CURVES.items():
+                pts = [(r["iteration"], r[key]) for r in diag if r.get(key) is not None]
+                if pts:
+                    ax.plot(*zip(*pts, strict=True), style, marker="o", ms=3, lw=1.2, label=label)
+            ax.axhline(0.5, color="0.6", lw=0.8, ls=":")
+            ax.set(xlabel="iteration", ylabel="AUC / fraction", ylim=(0, 1.02),
+                   title="D diagnostics (validation cases as unlabeled)")
+            ax.legend(fontsize=7)
         fig.tight_layout()
         with atomic_path(path, suffix=".png") as tmp:  # matplotlib picks the format by the name
             fig.savefig(tmp, dpi=100)

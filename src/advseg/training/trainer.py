@@ -7,6 +7,8 @@ here once. A method variant subclasses :class:`Trainer` and overrides hooks, as 
 - :meth:`Trainer.build_extra` adds networks/optimizers (e.g. the discriminator D);
 - :meth:`Trainer.training_step` computes and applies one iteration's losses;
 - :meth:`Trainer.wants_unlabeled` decides whether an iteration also draws an unlabeled batch;
+- :meth:`Trainer.validation_case` / :meth:`Trainer.validation_summary` add entries to a validation's
+  log record (e.g. the adversarial trainer's D diagnostics);
 - :meth:`Trainer.on_validation` adds figures or extra validation outputs.
 
 Everything a trainer registers in :attr:`Trainer.nets`, :attr:`Trainer.optims` and
@@ -20,6 +22,7 @@ import contextlib
 import math
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +32,7 @@ import numpy as np
 import torch
 
 from advseg.config import Config
+from advseg.errors import InputError
 from advseg.inference.sliding import predict_logits
 from advseg.losses import build_loss
 from advseg.networks.factory import build_network, channels_last_input, to_channels_last
@@ -256,6 +260,19 @@ class Trainer:
             title=f"iteration {self.iteration}: mean DSC {scores['dsc_mean']:.3f}",
         )
 
+    def validation_case(
+        self, image: np.ndarray, label: np.ndarray, pred: np.ndarray, logits: torch.Tensor
+    ) -> None:
+        """Hook: called for every validation case with the preprocessed ``image`` ``(C, Z, Y, X)``, its
+        ``label`` and S's ``pred`` ``(Z, Y, X)`` and ``logits`` ``(1, K, Z, Y, X)`` (e.g. to collect
+        confidence diagnostics); :meth:`validation_summary` follows after the last case."""
+
+    def validation_summary(self) -> dict[str, Any]:
+        """Hook: extra entries of this validation's ``log.jsonl`` record (JSON values), computed from
+        what :meth:`validation_case` collected. Runs before the best checkpoint is written, so state it
+        changes is saved with it."""
+        return {}
+
     def confidence_map(self, image: np.ndarray, probs: torch.Tensor) -> np.ndarray | None:
         """Hook: D's per-voxel confidence ``(Z, Y, X)`` for S's softmax ``probs`` ``(1, K, Z, Y, X)`` of the
         preprocessed ``image`` ``(C, Z, Y, X)`` (None without a per-voxel D)."""
@@ -269,11 +286,15 @@ class Trainer:
         bar = _Progress(total, self.iteration, enabled=progress)
         t0 = time.perf_counter()
         try:
-            while self.iteration < total:
+            while self.iteration < total and not self.plateaued():
                 logs = self.training_step()
                 self.scaler.update()
-                for s in self.scheds.values():
-                    s.step()
+                with warnings.catch_warnings():
+                    # a variant may leave an optimizer unstepped for an iteration (S during D's warm-up):
+                    # its schedule advances all the same, as the iteration count does
+                    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+                    for s in self.scheds.values():
+                        s.step()
                 self.iteration += 1
                 logs = {
                     "kind": "train",
@@ -286,7 +307,11 @@ class Trainer:
                 last = self.iteration == total
                 if tc.val_every and (self.iteration % tc.val_every == 0 or last):
                     self.validate()
-                if last or (tc.checkpoint_every and self.iteration % tc.checkpoint_every == 0):
+                stop = self.plateaued()
+                if stop:
+                    self.log.append({"kind": "stop", "iteration": self.iteration,
+                                     "best_iteration": self.best_iteration, "reason": "plateau"})
+                if last or stop or (tc.checkpoint_every and self.iteration % tc.checkpoint_every == 0):
                     self.save("last")
         finally:
             bar.close()
@@ -294,8 +319,17 @@ class Trainer:
         return {
             "best_score": self.best_score,
             "best_iteration": self.best_iteration,
+            "iterations": self.iteration,
             "seconds": time.perf_counter() - t0,
         }
+
+    def plateaued(self) -> bool:
+        """Whether early stopping ends the run now: ``train.early_stop_patience`` validations since the
+        best one (``validate`` counts only gains above ``early_stop_min_delta`` as improvements)."""
+        tc = self.cfg.train
+        if not tc.early_stop_patience or not tc.val_every or self.best_iteration < 0:
+            return False
+        return self.iteration - self.best_iteration >= tc.early_stop_patience * tc.val_every
 
     @torch.inference_mode()
     def predict_volume(self, image: np.ndarray) -> torch.Tensor:
@@ -327,11 +361,14 @@ class Trainer:
             per_case.append(dice_per_class(pred, lbl, self.data.num_classes))
             if len(self._val_figure) < self.FIGURE_CASES:
                 self._val_figure.append((pred, torch.softmax(logits, dim=1)))
+            self.validation_case(img, lbl, pred, logits)
         dsc = np.nanmean(np.asarray(per_case, dtype=np.float64), axis=0)
         scores = {f"dsc_{self.data.labels.get(c, c)}": float(dsc[c]) for c in range(1, self.data.num_classes)}
         scores["dsc_mean"] = float(np.nanmean(dsc[1:]))
-        self.log.append({"kind": "val", "iteration": self.iteration, **scores})
-        if scores["dsc_mean"] > self.best_score:
+        # before the best checkpoint is written: the summary may update state (e.g. an auto T_semi)
+        extra = self.validation_summary()
+        self.log.append({"kind": "val", "iteration": self.iteration, **scores, **extra})
+        if scores["dsc_mean"] > self.best_score + self.cfg.train.early_stop_min_delta:
             self.best_score, self.best_iteration = scores["dsc_mean"], self.iteration
             self.save("best")
         self.on_validation(scores)
@@ -388,6 +425,18 @@ class Trainer:
         path = self.run_dir / f"checkpoint_{kind}.pt"
         save_checkpoint(path, self.state_dict())
         return path
+
+    def init_weights(self, path: str | Path) -> None:
+        """Start S from the S weights of another run's checkpoint (``train.init_from``)."""
+        state = load_checkpoint(path, map_location=self.device)
+        weights = state.get("nets", {}).get("S")
+        if weights is None:
+            raise InputError(path, "checkpoint holds no segmenter weights (nets.S)")
+        try:
+            self.model.load_state_dict(weights)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+            raise InputError(path, f"S weights do not fit this run's network ({first})") from None
 
     def resume(self, path: str | Path | None = None) -> bool:
         """Load ``checkpoint_last.pt`` if present; returns whether a run was resumed."""

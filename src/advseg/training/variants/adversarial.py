@@ -14,6 +14,19 @@ on a random ``unlabeled_prob`` share of the iterations. By default D sees ``x * 
 with a straight-through gradient (the study found D trivially separates soft predictions from
 one-hot truth); ``onehot_fake: false`` feeds the soft probabilities instead.
 
+Which voxels L_semi trusts (``adversarial.mask_source``): ``d`` (the study) takes D's confidence
+``sigmoid(D(x * S(x)))``, ``softmax`` S's own max-softmax probability (plain confidence-thresholded
+self-training, the baseline D has to beat), ``product`` the product of the two. The threshold ``t_semi``
+is a fixed number or ``auto``: at every validation it is recalibrated as the lowest threshold at which
+the passing voxels of the validation cases (fed as if unlabeled, over the region of interest of
+:mod:`advseg.training.diagnostics`) reach ``t_semi_target_accuracy``; until the first validation it is
+``t_semi_target_accuracy`` itself (the threshold a calibrated confidence would need). The threshold in
+use is logged (``t_semi`` in the validation records and in every training record with an unlabeled
+batch) and saved in the checkpoint, so a resumed run continues with it. With ``adversarial.diagnostics``
+(default on) every validation logs D diagnostics (:mod:`advseg.training.diagnostics`): D's AUCs next to
+the max-softmax AUC, pass fractions and accuracies at the threshold, reliability counts and the
+confidence histogram on the unlabeled pool.
+
 Hooks for the other papers' variants (:mod:`advseg.training.variants`), all methods of
 :class:`AdversarialTrainer`: ``discriminator_for`` (which D), ``fake_labels`` (what D sees of S(x)),
 ``d_forward``, ``segmenter_losses`` (S's terms), ``semi_loss`` (L_semi), ``discriminator_batches`` (the
@@ -38,6 +51,7 @@ from advseg.losses.adversarial import (
     discriminator_loss,
     semi_supervised_loss,
 )
+from advseg.losses.semi import masked_self_training_loss, softmax_confidence
 from advseg.networks.discriminators import (
     build_discriminator_input,
     make_discriminator,
@@ -47,6 +61,7 @@ from advseg.networks.discriminators import (
     set_requires_grad,
 )
 from advseg.training.checkpoint import to_plain
+from advseg.training.diagnostics import POOL_CASES, ConfidenceDiagnostics, pool_summary
 from advseg.training.trainer import Trainer
 
 logger = logging.getLogger("advseg")
@@ -77,6 +92,14 @@ class AdversarialTrainer(Trainer):
         # A private generator decides which iterations take an unlabeled batch, so that decision is
         # independent of how many random numbers the networks or augmentations consumed (exact resume).
         self.coin = np.random.default_rng(self.cfg.train.seed + 7919)
+        self.t_semi = self.initial_t_semi(a)
+        self.diagnostics = ConfidenceDiagnostics(self.data.labels)
+
+    @staticmethod
+    def initial_t_semi(a: Any) -> float:
+        """The threshold before any calibration: ``t_semi`` itself, or for ``auto`` the target accuracy
+        (what a calibrated confidence would need to reach it)."""
+        return float(a.t_semi_target_accuracy) if a.t_semi == "auto" else float(a.t_semi)
 
     # -- hooks ---------------------------------------------------------------------------------------
     def in_pretraining(self) -> bool:
@@ -93,39 +116,65 @@ class AdversarialTrainer(Trainer):
         probs = torch.softmax(logits.float(), dim=1)
         return onehot_straight_through(probs) if self.cfg.adversarial.onehot_fake else probs
 
-    def d_forward(self, image: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def d_forward(self, image: torch.Tensor, labels: torch.Tensor, noise_std: float = 0.0) -> torch.Tensor:
         """D's logits for ``image`` and a label map. The image is shifted by ``d_image_offset`` first:
-        with CT scaled to [-1, 1], water-like tissue (bladder) is ~0 and ``x * y`` would hide it from D."""
+        with CT scaled to [-1, 1], water-like tissue (bladder) is ~0 and ``x * y`` would hide it from D.
+        ``noise_std``: instance noise, Gaussian noise added to D's input (D's own updates only)."""
         shifted = image + self.cfg.adversarial.d_image_offset
-        return self.D(build_discriminator_input(self.d_input_kind, shifted, labels))
+        d_in = build_discriminator_input(self.d_input_kind, shifted, labels)
+        if noise_std > 0:
+            d_in = d_in + noise_std * torch.randn_like(d_in)
+        return self.D(d_in)
 
     def segmenter_losses(
         self, batch: dict[str, torch.Tensor], unl: dict[str, torch.Tensor] | None
     ) -> tuple[dict[str, torch.Tensor], dict[str, float], torch.Tensor]:
         """Hook: S's loss terms. Returns (weighted terms, extra logs, fake label map of the labeled batch)."""
         a = self.cfg.adversarial
-        out = self.model(batch["image"])
+        n = batch["image"].shape[0]
+        if unl is not None and a.joint_forward:
+            # one S and one D pass over labeled + unlabeled patches (cheaper; BN sees both)
+            images = torch.cat([batch["image"], unl["image"]])
+            out_all = self.model(images)
+            out = [o[:n] for o in out_all] if isinstance(out_all, list | tuple) else out_all[:n]
+            fake_all = self.fake_labels(main_logits(out_all))
+            d_all = self.d_forward(images, fake_all)
+            fake, d_l = fake_all[:n], d_all[:n]
+            logits_u, d_u = main_logits(out_all)[n:], d_all[n:]
+        else:
+            out = self.model(batch["image"])
+            fake = self.fake_labels(main_logits(out))
+            d_l = self.d_forward(batch["image"], fake)
+            if unl is not None:
+                logits_u = main_logits(self.model(unl["image"]))
+                d_u = self.d_forward(unl["image"], self.fake_labels(logits_u))
         terms = {"loss_vox": self.loss_vox(out, batch["label"])}
-        fake = self.fake_labels(main_logits(out))
-        terms["loss_adv"] = adversarial_loss_s(self.d_forward(batch["image"], fake))
+        terms["loss_adv"] = adversarial_loss_s(d_l)
         weights = {"loss_vox": 1.0, "loss_adv": a.lambda_adv}
         logs: dict[str, float] = {}
         if unl is not None:
-            logits_u = main_logits(self.model(unl["image"]))
-            d_u = self.d_forward(unl["image"], self.fake_labels(logits_u))
             terms["loss_adv_u"] = adversarial_loss_s(d_u)
             weights["loss_adv_u"] = a.lambda_adv_unlabeled
             loss_semi, frac = self.semi_loss(logits_u.float(), d_u.detach())
             terms["loss_semi"] = loss_semi
             weights["loss_semi"] = a.lambda_semi
             logs["semi_fraction"] = float(frac)
+            logs["t_semi"] = self.t_semi
         self._weights = weights
         return terms, logs, fake.detach()
 
     def semi_loss(self, logits_u: torch.Tensor, d_u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Hook: L_semi on an unlabeled batch from S's logits and D's (detached) logits on S's output;
-        returns ``(loss, fraction of voxels passing the confidence threshold)``."""
-        return semi_supervised_loss(logits_u, d_u, self.cfg.adversarial.t_semi)
+        returns ``(loss, fraction of voxels passing the confidence threshold)``. The voxels are those
+        whose confidence (``mask_source``: D's, or S's max-softmax) exceeds the threshold in use,
+        :attr:`t_semi`."""
+        source = self.cfg.adversarial.mask_source
+        if source == "softmax":
+            return masked_self_training_loss(logits_u, softmax_confidence(logits_u), self.t_semi)
+        if source == "product":
+            conf = softmax_confidence(logits_u) * torch.sigmoid(d_u.detach().float())
+            return masked_self_training_loss(logits_u, conf, self.t_semi)
+        return semi_supervised_loss(logits_u, d_u, self.t_semi)
 
     def discriminator_batches(
         self, batch: dict[str, torch.Tensor], fake: torch.Tensor
@@ -135,7 +184,22 @@ class AdversarialTrainer(Trainer):
         for _ in range(max(1, self.cfg.adversarial.d_steps)):
             yield batch, fake
 
+    def d_warmup_step(self) -> dict[str, float]:
+        """One iteration of D's warm-up (``adversarial.d_warmup_iterations``): S frozen in eval mode gives
+        its prediction of a labeled batch, only D is updated, no unlabeled batch is drawn."""
+        batch = self.next_labeled()
+        self.model.eval()
+        with torch.no_grad(), self.autocast():
+            fake = self.fake_labels(main_logits(self.model(batch["image"]))).detach()
+        self.D.train()
+        d_logs: dict[str, float] = {}
+        for d_batch, d_fake in self.discriminator_batches(batch, fake):
+            d_logs = self.discriminator_step(d_batch, d_fake)
+        return {**d_logs, "d_warmup": 1, "unlabeled": 0}
+
     def training_step(self) -> dict[str, float]:
+        if self.iteration < self.cfg.adversarial.d_warmup_iterations:
+            return self.d_warmup_step()
         batch = self.next_labeled()
         unl = self.next_unlabeled()
         self.model.train()
@@ -164,11 +228,20 @@ class AdversarialTrainer(Trainer):
 
     def discriminator_step(self, batch: dict[str, torch.Tensor], fake: torch.Tensor) -> dict[str, float]:
         """One update of D on a labeled batch; returns L_D and D's mean confidence on real and fake."""
+        a = self.cfg.adversarial
         real = onehot(batch["label"], self.data.num_classes, dtype=fake.dtype)
+        real_target = 1.0 - a.d_label_smoothing
         with self.autocast():
-            d_real = self.d_forward(batch["image"], real)
-            d_fake = self.d_forward(batch["image"], fake)
-            loss_d = discriminator_loss(d_real, d_fake)
+            d_real = self.d_forward(batch["image"], real, a.d_instance_noise)
+            d_fake = self.d_forward(batch["image"], fake, a.d_instance_noise)
+            fake_target: float | torch.Tensor = 0.0
+            if a.d_target == "errors":
+                # a voxel of S's map is fake only where S's label differs from the truth
+                right = (fake.detach().argmax(1) == batch["label"]).unsqueeze(1)
+                if right.shape != d_fake.shape:
+                    raise ValueError("adversarial.d_target: errors needs a per-voxel discriminator (fcn)")
+                fake_target = right.to(d_fake.dtype) * real_target
+            loss_d = discriminator_loss(d_real, d_fake, real_target, fake_target)
         self.check_finite({"loss_d": loss_d})
         self.step_optimizer("D", loss_d)
         return {
@@ -188,13 +261,74 @@ class AdversarialTrainer(Trainer):
         x = torch.from_numpy(np.ascontiguousarray(image))[None].to(self.device)
         return confidence_map(self.cfg, self.D, x, probs.to(self.device))[0, 0].cpu().numpy()
 
+    # -- diagnostics ---------------------------------------------------------------------------------
+    def _confidences(
+        self, image: np.ndarray, logits: torch.Tensor
+    ) -> tuple[torch.Tensor, np.ndarray, np.ndarray | None]:
+        """S's softmax ``(1, K, Z, Y, X)``, its max ``(Z, Y, X)`` and D's confidence on S's output
+        ``(Z, Y, X)`` (None without a per-voxel D) for a whole preprocessed volume."""
+        probs = torch.softmax(logits.float(), dim=1)
+        return probs, probs.amax(dim=1)[0].cpu().numpy(), self.confidence_map(image, probs)
+
+    def validation_case(
+        self, image: np.ndarray, label: np.ndarray, pred: np.ndarray, logits: torch.Tensor
+    ) -> None:
+        """Collect the case for the D diagnostics: fed as if unlabeled (D on ``x * S(x)``, S's
+        max-softmax), and D on the real input ``x * y`` for ``d_auc_real_fake``."""
+        a = self.cfg.adversarial
+        if not (a.diagnostics or a.t_semi == "auto"):  # the auto threshold is calibrated on these cases
+            return
+        probs, softmax, d_fake = self._confidences(image, logits)
+        d_real = None
+        if d_fake is not None:
+            truth = torch.from_numpy(np.ascontiguousarray(label)).long()[None].to(probs.device)
+            d_real = self.confidence_map(image, onehot(truth, probs.shape[1], dtype=probs.dtype))
+        self.diagnostics.add_case(label, pred, softmax, d_fake, d_real)
+
+    def validation_summary(self) -> dict[str, Any]:
+        """Recalibrate an ``auto`` T_semi on the validation cases, then the D diagnostics at the
+        threshold now in use (:mod:`advseg.training.diagnostics`) and on the unlabeled pool."""
+        a = self.cfg.adversarial
+        if a.t_semi == "auto":
+            calibrated = self.diagnostics.calibrate(a.mask_source, a.t_semi_target_accuracy)
+            if calibrated is not None:
+                self.t_semi = calibrated
+        out: dict[str, Any] = {"t_semi": self.t_semi}
+        if not a.diagnostics:
+            self.diagnostics.reset()
+            return out
+        out.update(self.diagnostics.summary(self.t_semi, a.t_semi_target_accuracy))
+        out.update(self.pool_diagnostics())
+        return out
+
+    def pool_diagnostics(self) -> dict[str, Any]:
+        """Confidence histograms and pass fractions on the first :data:`POOL_CASES` unlabeled volumes."""
+        if self.data.unlabeled is None:
+            return {}
+        volumes = list(getattr(self.data.unlabeled.sampler, "images", []) or [])[:POOL_CASES]
+        preds, softmaxes, d_confs = [], [], []
+        for image in volumes:
+            logits = self.predict_volume(image)
+            _, softmax, d = self._confidences(image, logits)
+            preds.append(logits.argmax(1)[0].cpu().numpy())
+            softmaxes.append(softmax)
+            d_confs.append(d)
+        has_d = bool(d_confs) and all(d is not None for d in d_confs)
+        return pool_summary(preds, softmaxes, d_confs if has_d else None, self.t_semi,
+                            self.cfg.adversarial.mask_source)
+
     # -- state ---------------------------------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:
         return {"coin": to_plain(self.coin.bit_generator.state),
-                "monitor": to_plain(self.monitor.state_dict())}
+                "monitor": to_plain(self.monitor.state_dict()),
+                "t_semi": self.t_semi}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if "coin" in state:
             self.coin.bit_generator.state = state["coin"]
         if "monitor" in state:
             self.monitor.load_state_dict(state["monitor"])
+        # A calibrated threshold resumes where it was; a fixed one is the config's (older checkpoints
+        # hold none: then an auto threshold restarts from its initial value until the next validation).
+        if "t_semi" in state and self.cfg.adversarial.t_semi == "auto":
+            self.t_semi = float(state["t_semi"])

@@ -29,5 +29,8 @@ class AsdnetTrainer(AdversarialTrainer):
     """``asdnet`` (``adversarial.mode: asdnet``)."""
 
     def semi_loss(self, logits_u: torch.Tensor, d_u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """ASDNet's region-attention loss with threshold gamma = ``adversarial.t_semi``."""
-        return region_attention_loss(logits_u, d_u, gamma=self.cfg.adversarial.t_semi)
+        """ASDNet's region-attention loss with threshold gamma = the threshold in use (``adversarial.t_semi``,
+        recalibrated when ``auto``); ``mask_source: softmax`` replaces F by S's max-softmax (the base's)."""
+        if self.cfg.adversarial.mask_source == "softmax":
+            return super().semi_loss(logits_u, d_u)
+        return region_attention_loss(logits_u, d_u, gamma=self.t_semi)

@@ -1,0 +1,164 @@
+"""Finished cells as small JSON files that can be committed: a results table built over many days.
+
+A matrix cell's run folder holds weights and predictions (hundreds of MB, scratch). What a table
+needs of it is small: which arm, fold and seed; the per-case metrics; the train/evaluate seconds and
+iterations; the last validation record (with the D diagnostics of adversarial runs). One cell is one
+file, ``<results>/<method>/<level>/seed<S>_fold<F>.json`` (``format: advseg-cell-result-1``), so a
+matrix computed on several machines merges by copying files, and a finished cell survives the machine.
+
+    export_cell_result(cell_folder, "benchmarks/results/hippocampus")    # after a cell finished
+    advseg experiment hippocampus --aggregate --results benchmarks/results/hippocampus
+
+:func:`advseg.experiments.aggregate.find_results` reads such a folder as a collection of kind
+``results``: the same tables and paired tests as a matrix folder, without the run folders.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from advseg.errors import InputError
+from advseg.io.atomic import atomic_write_text
+
+RESULT_FORMAT = "advseg-cell-result-1"
+
+
+def _finite(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_finite(x) for x in v]
+    return v
+
+
+def _per_case(folder: Path) -> list[dict[str, Any]]:
+    path = folder / "evaluation" / "per_case.csv"
+    if not path.is_file():
+        raise InputError(path, "missing: the cell was not evaluated")
+    rows = []
+    with path.open(newline="") as fh:
+        for r in csv.DictReader(fh):
+            row: dict[str, Any] = {"case": r.pop("case"), "organ": r.pop("organ")}
+            for k, v in r.items():
+                try:
+                    row[k] = None if v in ("", None) else round(float(v), 6)
+                except ValueError:
+                    row[k] = v
+            rows.append(row)
+    return rows
+
+
+def _last_validation(folder: Path) -> dict[str, Any] | None:
+    log = folder / "log.jsonl"
+    if not log.is_file():
+        return None
+    last = None
+    for line in log.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("kind") == "val":
+            last = rec
+    return last
+
+
+def cell_result(folder: str | Path, command: str | None = None) -> dict[str, Any]:
+    """The committable record of a finished cell folder (its ``cell.json`` plus per-case metrics)."""
+    from advseg.experiments.matrix import DONE_FILE
+
+    folder = Path(folder)
+    marker = folder / DONE_FILE
+    if not marker.is_file():
+        raise InputError(folder, "not a finished experiment cell (no cell.json)")
+    record = json.loads(marker.read_text())
+    cfg = record.get("requested_config", {})
+    return _finite({
+        "format": RESULT_FORMAT,
+        "cell": {k: v for k, v in record["cell"].items() if k not in ("index", "folder")},
+        "command": command,
+        "config": cfg,
+        "train": record.get("train", {}),
+        "seconds": record.get("seconds", {}),
+        "checkpoint": record.get("checkpoint"),
+        "test_cases": [t["name"] for t in record.get("test_cases", [])],
+        "cases": _case_counts(folder),
+        "per_case": _per_case(folder),
+        "summary": record.get("summary", {}),
+        "last_validation": _last_validation(folder),
+        "hardware": {"machine": platform.machine(), "cpu_count": os.cpu_count(),
+                     "torch_threads": _torch_threads()},
+        "finished": record.get("finished"),
+    })
+
+
+def _case_counts(folder: Path) -> dict[str, int]:
+    """How many cases the cell trained on (labeled, withheld labels, validation), from splits.json."""
+    path = folder / "splits.json"
+    if not path.is_file():
+        return {}
+    splits = json.loads(path.read_text())
+    return {k: len(splits.get(k) or []) for k in ("labeled", "unlabeled_withheld", "val", "unlabeled_extra")}
+
+
+def _torch_threads() -> int | None:
+    try:
+        import torch
+
+        return torch.get_num_threads()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return None
+
+
+def result_path(results: str | Path, cell: dict[str, Any]) -> Path:
+    """``<results>/<method>/<level label>/seed<S>_fold<F>.json``."""
+    name = f"seed{cell['seed']}_fold{cell['fold']}.json"
+    return Path(results) / cell["method"] / cell["level"]["label"] / name
+
+
+def export_cell_result(folder: str | Path, results: str | Path, command: str | None = None) -> Path:
+    """Write :func:`cell_result` of ``folder`` into the results folder; returns the file."""
+    doc = cell_result(folder, command)
+    path = result_path(results, doc["cell"])
+    atomic_write_text(path, json.dumps(doc, indent=1, allow_nan=False) + "\n")
+    return path
+
+
+def read_results(results: str | Path) -> list[dict[str, Any]]:
+    """Every cell-result document under ``results`` (sorted by path). Raises on a malformed file."""
+    root = Path(results)
+    docs = []
+    for path in sorted(root.rglob("*.json")):
+        try:
+            doc = json.loads(path.read_text())
+        except ValueError as exc:
+            raise InputError(path, f"not JSON ({exc.msg} at line {exc.lineno})") from None
+        if not isinstance(doc, dict) or doc.get("format") != RESULT_FORMAT:
+            continue
+        for key in ("cell", "per_case"):
+            if key not in doc:
+                raise InputError(path, f"cell result without '{key}'")
+        doc["_path"] = str(path)
+        docs.append(doc)
+    return docs
+
+
+def is_results_folder(path: str | Path) -> bool:
+    root = Path(path)
+    if not root.is_dir() or (root / "matrix.json").is_file() or (root / "config.yaml").is_file():
+        return False
+    for p in root.rglob("*.json"):
+        try:
+            if json.loads(p.read_text()).get("format") == RESULT_FORMAT:
+                return True
+        except (ValueError, AttributeError, OSError):
+            continue
+    return False
