@@ -181,8 +181,10 @@ def test_gan_config_is_validated_the_same_way(tmp_path: Path) -> None:
     with pytest.raises(InputError) as info:
         merge_gan_config(gan_preset("small"), {"lr": -1, "fade_fraction": 2, "seed": "x"}, "gan.yaml")
     assert sorted(_lines(info.value)) == [
+        "gan.yaml: fade_fraction: must be in [0, 1], got 2.0",
+        "gan.yaml: lr: must be > 0, got -1.0",
         "gan.yaml: seed: expected an integer, got 'x'",
-    ]  # type problems first; ranges are checked once the types are right
+    ]  # every problem at once
     with pytest.raises(InputError) as info:
         merge_gan_config(gan_preset("small"), {"lr": -1, "fade_fraction": 2}, "gan.yaml")
     assert sorted(_lines(info.value)) == [

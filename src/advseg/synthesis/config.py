@@ -196,11 +196,10 @@ def merge_gan_config(cfg: GANConfig, updates: dict[str, Any], where: str = "GAN 
             problems.append(InputError(where, f"{key}: {problem}"))
             continue
         changes[key] = coerce(value, hints[key])
-    if not problems:  # validate the merged values before building (GANConfig validates on creation)
-        merged = object.__new__(GANConfig)
-        merged.__dict__.update({**cfg.__dict__, **changes})
-        problems = gan_config_problems(merged, where)
-    _raise(problems)
+    # the values that were applied, checked before building (GANConfig validates on creation)
+    merged = object.__new__(GANConfig)
+    merged.__dict__.update({**cfg.__dict__, **changes})
+    _raise(problems + gan_config_problems(merged, where))
     return dataclasses.replace(cfg, **changes)
 
 
