@@ -37,6 +37,7 @@ from advseg.inference.sliding import predict_logits
 from advseg.losses import build_loss
 from advseg.networks.factory import build_network, channels_last_input, to_channels_last
 from advseg.training.checkpoint import (
+    CHECKPOINT_FORMAT,
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
@@ -376,7 +377,7 @@ class Trainer:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {
-            "format": "advseg-checkpoint-1",
+            "format": CHECKPOINT_FORMAT,
             "iteration": self.iteration,
             "best_score": self.best_score,
             "best_iteration": self.best_iteration,
@@ -440,7 +441,8 @@ class Trainer:
     def resume(self, path: str | Path | None = None) -> bool:
         """Load ``checkpoint_last.pt`` if present; returns whether a run was resumed."""
         path = Path(path) if path else self.run_dir / "checkpoint_last.pt"
-        if not path.exists():
+        if not path.exists():  # killed before its first checkpoint: start again, log included
+            self.log.truncate(0)
             return False
         self.load_state_dict(load_checkpoint(path, map_location=self.device))
         return True
