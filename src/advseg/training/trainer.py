@@ -405,6 +405,7 @@ class Trainer:
             o.load_state_dict(state["optimizers"][k])
         for k, s in self.scheds.items():
             s.load_state_dict(state["schedulers"][k])
+            self._retarget_schedule(k, s)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         restore_rng_state(state["rng"])
@@ -413,6 +414,20 @@ class Trainer:
             self.data.unlabeled.load_state_dict(state["data"]["unlabeled"])
         self.load_extra_state(state.get("extra", {}))
         self.log.truncate(self.iteration)
+
+    def _retarget_schedule(self, name: str, sched: torch.optim.lr_scheduler.LRScheduler) -> None:
+        """A run resumed with more (or fewer) ``train.iterations`` than it was started with: the
+        polynomial decay is re-aimed at the new end, ``lr = base (1 - t / T_new)^p`` from the current
+        iteration (the checkpoint's scheduler would otherwise end at the old T, at learning rate 0)."""
+        total = max(1, self.cfg.train.iterations)
+        if getattr(sched, "total_iters", total) == total:
+            return
+        sched.total_iters = total
+        t = min(self.iteration, total)
+        factor = (1.0 - t / total) ** self.cfg.train.poly_power
+        for group, base in zip(self.optims[name].param_groups, sched.base_lrs, strict=True):
+            group["lr"] = base * factor
+        sched._last_lr = [g["lr"] for g in self.optims[name].param_groups]
 
     def extra_state(self) -> dict[str, Any]:
         """Hook: variant state that is not a network/optimizer (e.g. a collapse monitor)."""
