@@ -1,3 +1,6 @@
+"""``python -m advseg ...``: the same as the ``advseg`` command."""
+
 from advseg.cli.main import main
 
-main()
+if __name__ == "__main__":
+    main()

@@ -9,16 +9,88 @@ inside every checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, get_type_hints
 
 import yaml
 
-from advseg.errors import InputError
+from advseg.checks import (
+    between,
+    each,
+    field_problems,
+    finite,
+    ge,
+    gt,
+    interval,
+    length,
+    nonempty,
+    one_of,
+    or_literal,
+    param,
+    prob,
+    type_problem,
+    window,
+)
+from advseg.checks import coerce as _coerce_value
+from advseg.errors import InputError, InputErrors
 from advseg.io.atomic import atomic_write_text
 
 PRESET_DIR = Path(__file__).parent / "configs"
+# Version of the saved config.yaml layout (top-level key ``config_version``). Bump it when a key is
+# renamed or changes meaning; a file with a newer version is refused instead of misread.
+CONFIG_VERSION = 1
+
+
+# Field checks that need a module importing torch take their choices lazily (see advseg.checks).
+def _blocks() -> ModuleType:
+    from advseg.networks import blocks
+
+    return blocks
+
+
+def _losses() -> ModuleType:
+    import advseg.losses
+
+    return advseg.losses
+
+
+def _trainer_modes() -> list[str]:
+    from advseg.training.variants.registry import ADVERSARIAL_TRAINERS
+
+    return sorted(ADVERSARIAL_TRAINERS)
+
+
+def _network_name(name: str) -> str | None:
+    if name == "res_unet":
+        return None
+    if name.startswith("monai:"):
+        from advseg.networks.factory import _monai_segmenters
+
+        if name[len("monai:"):] in _monai_segmenters():
+            return None
+    return f"unknown network {name!r} (res_unet, or monai:<Class> of monai.networks.nets, e.g. monai:UNet)"
+
+
+def _device(name: str) -> str | None:
+    ok = re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", name) is not None
+    return None if ok else f"must be auto, cpu, cuda or cuda:N; got {name!r}"
+
+
+def _scale_range(value: list[float]) -> str | None:
+    from advseg.transforms.augment import _scale_bounds  # the transform's own check
+
+    try:
+        _scale_bounds(value)
+    except ValueError:
+        return f"must be [lo, hi] with 0 < lo <= hi, got {value}"
+    return None
+
+
+def _first_positive(value: list[float]) -> str | None:
+    return None if value and value[0] > 0 else f"the first weight must be > 0, got {value}"
 
 
 @dataclass
@@ -35,20 +107,20 @@ class DataConfig:
     ``patch_size``: 3 ints ``(Z, Y, X)`` for 3D patches, 2 ints ``(Y, X)`` for 2D axial slices.
     """
 
-    recipe: str = "pelvic"
-    modality: str = "auto"  # "CT", "MR" or "auto" (from dataset.json)
-    crop_xy: int = 384
-    resize_xy: int = 128
-    n_slices: int = 64
-    target_spacing: list[float] | None = None
+    recipe: str = param("pelvic", one_of("pelvic", "general"))
+    modality: str = param("auto", one_of("auto", "CT", "MR"))  # "CT", "MR" or "auto" (from dataset.json)
+    crop_xy: int = param(384, ge(1))
+    resize_xy: int = param(128, ge(1))
+    n_slices: int = param(64, ge(1))
+    target_spacing: list[float] | None = param(None, length(3), each(gt(0)))
     # A soft-tissue window (W 600, L 50): urine, prostate and muscle differ by 10-50 HU, which the
     # full [-1000, 1000] range squeezes into ~2 % of the input scale. Measured on the phantom (demo
     # data, 700 iterations, same split): bladder test DSC 0.765 -> 0.865, prostate 0.777 -> 0.801,
     # rectum 0.832 -> 0.873, femurs unchanged (~0.94). Bone and air stay distinct at the bounds.
-    hu_window: list[float] = field(default_factory=lambda: [-250.0, 350.0])
-    percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
-    patch_size: list[int] = field(default_factory=lambda: [16, 128, 128])
-    foreground_oversample: float = 0.33
+    hu_window: list[float] = param([-250.0, 350.0], window)
+    percentiles: list[float] = param([0.5, 99.5], window, each(between(0, 100)))
+    patch_size: list[int] = param([16, 128, 128], length(2, 3), each(ge(1)))
+    foreground_oversample: float = param(0.33, prob)
     cache_dir: str | None = None  # preprocessing cache; $ADVSEG_CACHE wins; default ~/.cache/advseg
 
 
@@ -56,17 +128,17 @@ class DataConfig:
 class AugmentConfig:
     """Each augmentation has a probability; 0 switches it off (see :mod:`advseg.transforms.augment`)."""
 
-    translate_prob: float = 0.5
-    translate_max_voxels: int = 8  # in X and Y, whole voxels
-    flip_prob: float = 0.5  # left-right; paired left/right classes are swapped
-    contrast_prob: float = 0.3
-    contrast_gamma: list[float] = field(default_factory=lambda: [0.7, 1.5])
-    rotate_prob: float = 0.3
-    rotate_deg: float = 10.0  # about the slice axis, uniform in [-deg, deg]
-    scale_prob: float = 0.0  # in-plane zoom (off in the study's recipe)
-    scale_range: list[float] = field(default_factory=lambda: [0.85, 1.15])  # factor, > 1 enlarges
-    noise_prob: float = 0.2
-    noise_std: float = 0.05  # Gaussian noise std, normalised intensity units
+    translate_prob: float = param(0.5, prob)
+    translate_max_voxels: int = param(8, ge(0))  # in X and Y, whole voxels
+    flip_prob: float = param(0.5, prob)  # left-right; paired left/right classes are swapped
+    contrast_prob: float = param(0.3, prob)
+    contrast_gamma: list[float] = param([0.7, 1.5], interval(strict=False), each(gt(0)))
+    rotate_prob: float = param(0.3, prob)
+    rotate_deg: float = param(10.0, between(0, 180))  # about the slice axis, uniform in [-deg, deg]
+    scale_prob: float = param(0.0, prob)  # in-plane zoom (off in the study's recipe)
+    scale_range: list[float] = param([0.85, 1.15], _scale_range)  # factor, > 1 enlarges
+    noise_prob: float = param(0.2, prob)
+    noise_std: float = param(0.05, ge(0))  # Gaussian noise std, normalised intensity units
 
 
 @dataclass
@@ -77,18 +149,18 @@ class NetworkConfig:
     network in ``monai.networks.nets`` (``kwargs`` are passed to it).
     """
 
-    name: str = "res_unet"
-    spatial_dims: int = 3
-    in_channels: int = 1
-    out_channels: int = 6
-    channels: list[int] = field(default_factory=lambda: [64, 128, 256])
-    res_blocks: int = 1  # residual blocks per level
-    pooling: str = "multiscale"  # "max" or "multiscale"
+    name: str = param("res_unet", _network_name)
+    spatial_dims: int = param(3, one_of(2, 3))
+    in_channels: int = param(1, ge(1))
+    out_channels: int = param(6, ge(2))
+    channels: list[int] = param([64, 128, 256], nonempty, each(ge(1)))
+    res_blocks: int = param(1, ge(1))  # residual blocks per level
+    pooling: str = param("multiscale", one_of(lambda: _blocks().POOLINGS))
     aux: bool = True  # auxiliary classifiers at 1/2 and 1/4 resolution
-    aux_weights: list[float] = field(default_factory=lambda: [0.5, 0.25])
-    norm: str = "batch"  # "batch" or "instance"
-    act: str = "relu"  # "relu" or "leakyrelu"
-    dropout: float = 0.0
+    aux_weights: list[float] = param([0.5, 0.25], each(ge(0)))
+    norm: str = param("batch", one_of(lambda: _blocks().NORMS))
+    act: str = param("relu", one_of(lambda: _blocks().ACTS))
+    dropout: float = param(0.0, between(0, 1, hi_open=True))
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -97,10 +169,11 @@ class LossConfig:
     """Voxel-wise loss L_vox: ``adaptive_ce`` (w_c = 2 - DSC_c + ln(N_all/N_c)), ``ce``,
     ``dice``, ``dice_ce`` or ``gdice_attention`` (ASDNet generalized Dice with sample attention)."""
 
-    name: str = "adaptive_ce"
-    dice_momentum: float = 0.9  # running-mean factor for DSC_c in the adaptive weights
-    deep_supervision_weights: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25])
-    attention_beta: float = 2.0
+    name: str = param("adaptive_ce", one_of(lambda: _losses().LOSS_NAMES))
+    # running-mean factor for DSC_c in the adaptive weights
+    dice_momentum: float = param(0.9, between(0, 1, hi_open=True))
+    deep_supervision_weights: list[float] = param([1.0, 0.5, 0.25], nonempty, each(ge(0)), _first_positive)
+    attention_beta: float = param(2.0, ge(0))
     dice_include_background: bool = True  # dice, dice_ce, gdice_attention
     dice_batch: bool = True  # dice, dice_ce: pool Dice over the batch (stable on patches missing a class)
     ignore_index: int | None = None  # label value excluded from ce / adaptive_ce
@@ -111,63 +184,70 @@ class AdversarialConfig:
     """The discriminator D and the semi-supervised scheme (method issue)."""
 
     enabled: bool = False
-    discriminator: str = "fcn"  # fcn | image | dcgan2d | fusion
-    d_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # dcgan2d: 5 widths -> 6 convs
-    d_norm: str = "auto"  # auto (fcn: none; image, fusion: instance) | none | instance | batch; dcgan2d: none
+    discriminator: str = param("fcn", one_of("fcn", "image", "dcgan2d", "fusion"))
+    d_channels: list[int] = param([32, 64, 128, 256], nonempty, each(ge(1)))  # dcgan2d: 5 widths -> 6 convs
+    # auto (fcn: none; image, fusion: instance) | none | instance | batch; dcgan2d: none
+    d_norm: str = param("auto", one_of("auto", "none", "instance", "batch"))
     # D's input: product (x*y) | concat (cat(x, y)) | label (y alone);
     # auto: fcn -> product, image and fusion -> concat, dcgan2d -> label
-    d_input: str = "auto"
+    d_input: str = param("auto", one_of("auto", "product", "concat", "label"))
     # Added to the normalised image before x * y: CT in [-1, 1] has water-like tissue at ~0, which the
     # product would hide from D (and S would get no adversarial gradient there).
-    d_image_offset: float = 1.0
-    d_lr: float = 1e-4
+    d_image_offset: float = param(1.0, finite)
+    d_lr: float = param(1e-4, gt(0))
     # Levers of D's learning (issue 10; the study's D has all of them off):
     # fcn: a decoder with skip connections back to full resolution instead of trilinear up-sampling of
     # the 1/2^len(d_channels) logits (which cannot place an error at a one-voxel boundary)
     d_decoder: bool = False
     d_spectral_norm: bool = False  # spectral normalisation of D's convolutions (Miyato et al. 2018)
-    d_label_smoothing: float = 0.0  # one-sided: real target 1 - s (Salimans et al. 2016)
-    d_instance_noise: float = 0.0  # std of Gaussian noise on D's inputs while D trains (Sonderby et al.)
+    # one-sided: real target 1 - s (Salimans et al. 2016)
+    d_label_smoothing: float = param(0.0, between(0, 1, hi_open=True))
+    # std of Gaussian noise on D's inputs while D trains (Sonderby et al.)
+    d_instance_noise: float = param(0.0, ge(0))
     # What D learns to call fake in S's map: "fake" every voxel (the study); "errors" only the voxels
     # where S's label differs from the truth (elsewhere S's input is the truth's, so calling it fake
     # contradicts the real example): D becomes a voxel-wise error detector
-    d_target: str = "fake"
+    d_target: str = param("fake", one_of("fake", "errors"))
     # Iterations at the start in which only D trains, on a frozen S in eval mode (e.g. an S loaded
     # with train.init_from), before S sees L_adv
-    d_warmup_iterations: int = 0
+    d_warmup_iterations: int = param(0, ge(0))
     # One S forward pass (and one D pass) over the labeled and unlabeled batches together instead of
     # two: less overhead per semi-supervised step; batch norm then sees both batches at once
     joint_forward: bool = False
     onehot_fake: bool = True  # feed D with one-hot(argmax S(x)) (straight-through gradient)
-    lambda_adv: float = 0.01
-    lambda_adv_unlabeled: float = 0.001
+    lambda_adv: float = param(0.01, ge(0))
+    lambda_adv_unlabeled: float = param(0.001, ge(0))
     semi: bool = False
-    lambda_semi: float = 0.1
+    lambda_semi: float = param(0.1, ge(0))
     # Confidence threshold of L_semi (ASDNet's gamma): a number in [0, 1], or "auto": recalibrated at
     # every validation as the lowest threshold at which the validation cases' passing voxels reach
     # t_semi_target_accuracy (advseg.training.variants.adversarial); t_semi_target_accuracy until then.
-    t_semi: float | str = 0.2
-    t_semi_target_accuracy: float = 0.97
+    t_semi: float | str = param(0.2, or_literal("auto", prob))
+    t_semi_target_accuracy: float = param(0.97, between(0, 1, lo_open=True))
     # Which confidence selects L_semi's voxels: d (sigmoid of D's logits, the study), softmax (S's own
     # max-softmax probability: plain confidence-thresholded self-training, the baseline D must beat) or
     # product (the two multiplied: D's evidence added to S's own).
-    mask_source: str = "d"
+    mask_source: str = param("d", one_of("d", "softmax", "product"))
     # D diagnostics at every validation (AUCs, pass fractions, reliability; log.jsonl and the report)
     diagnostics: bool = True
-    pretrain_iterations: int = 5000
-    unlabeled_prob: float = 0.5  # chance an iteration after pre-training also uses an unlabeled batch
-    d_steps: int = 1  # discriminator steps per segmenter step (Kohl et al.: 3)
+    pretrain_iterations: int = param(5000, ge(0))
+    # chance an iteration after pre-training also uses an unlabeled batch
+    unlabeled_prob: float = param(0.5, prob)
+    d_steps: int = param(1, ge(1))  # discriminator steps per segmenter step (Kohl et al.: 3)
     # trainer (advseg.training.variants.registry): semi_adv (the study) | pure | hybrid (Kohl et al.)
     # | asdnet (Nie et al.) | semi_adv_2d (Tan et al.) | fusion (Pan et al.)
-    mode: str = "semi_adv"
-    mask_poison_std: float = 0.0  # fusion: noise added to the label maps (truth and S's) when training D
-    noise_std: float = 0.1  # fusion: noise on the second copy of an unlabeled image (normalised units)
+    mode: str = param("semi_adv", one_of(lambda: _trainer_modes()))
+    # fusion: noise added to the label maps (truth and S's) when training D
+    mask_poison_std: float = param(0.0, ge(0))
+    # fusion: noise on the second copy of an unlabeled image (normalised units)
+    noise_std: float = param(0.1, ge(0))
     # fusion: supervised-only for the last N iterations; None: N = pretrain_iterations (Pan et al.: the
     # first and the last N iterations), so the size presets' pre-training length scales it too
-    supervised_tail: int | None = None
-    collapse_window: int = 200  # iterations of near-zero L_D or D(real)~D(fake) before a warning
-    collapse_eps_loss: float = 1e-3  # "L_D near 0"
-    collapse_eps_gap: float = 0.02  # "D(real) close to D(fake)": |mean sigmoid(D) real - fake|
+    supervised_tail: int | None = param(None, ge(0))
+    # iterations of near-zero L_D or D(real)~D(fake) before a warning
+    collapse_window: int = param(200, ge(1))
+    collapse_eps_loss: float = param(1e-3, ge(0))  # "L_D near 0"
+    collapse_eps_gap: float = param(0.02, ge(0))  # "D(real) close to D(fake)": |mean sigmoid(D) real - fake|
 
 
 @dataclass
@@ -190,18 +270,19 @@ class MeanTeacherConfig:
 
 @dataclass
 class TrainConfig:
-    iterations: int = 40000
-    batch_size: int = 2
-    lr: float = 5e-4
-    weight_decay: float = 0.0
-    poly_power: float = 0.9
-    val_every: int = 500
-    checkpoint_every: int = 500
-    figure_every: int = 0  # 0: with every validation
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    iterations: int = param(40000, ge(1))
+    batch_size: int = param(2, ge(1))
+    lr: float = param(5e-4, gt(0))
+    weight_decay: float = param(0.0, ge(0))
+    poly_power: float = param(0.9, ge(0))
+    val_every: int = param(500, ge(0))  # 0: no validation
+    checkpoint_every: int = param(500, ge(0))  # 0: only at the end
+    figure_every: int = param(0, ge(0))  # 0: with every validation
+    seed: int = param(0, ge(0))
+    device: str = param("auto", _device)  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision on CUDA
-    amp_dtype: str = "float16"  # CUDA autocast dtype: float16 (with a GradScaler) | bfloat16 (no scaler)
+    # CUDA autocast dtype: float16 (with a GradScaler) | bfloat16 (no scaler)
+    amp_dtype: str = param("float16", one_of("float16", "bfloat16"))
     # cudnn.benchmark off and cudnn.deterministic on (CUDA): reproducible, somewhat slower convolutions
     deterministic: bool = False
     # under torchrun: batch norm statistics over the global batch (torch.nn.SyncBatchNorm; CUDA only)
@@ -209,17 +290,17 @@ class TrainConfig:
     bf16_cpu: bool = False  # bf16 autocast on CPU (measured faster on some CPUs)
     # 3-D nets and batches in channels-last (NDHWC) layout: 1.4x faster CPU steps (networks.to_channels_last)
     channels_last: bool = True
-    num_workers: int = 0
-    labeled_fraction: float = 1.0
-    labeled_count: int | None = None
-    folds: int = 5
-    fold: int = 0
-    val_cases: int | None = None  # cap the validation set size (speed)
+    num_workers: int = param(0, ge(0))
+    labeled_fraction: float = param(1.0, between(0, 1, lo_open=True))
+    labeled_count: int | None = param(None, ge(1))
+    folds: int = param(5, ge(2))
+    fold: int = param(0, ge(0))  # < folds
+    val_cases: int | None = param(None, ge(1))  # cap the validation set size (speed)
     # Stop when the validation mean DSC has not improved by more than early_stop_min_delta for this
     # many validations in a row (None: train all iterations). Decided from the checkpointed best
     # iteration, so a resumed run stops where the uninterrupted one would.
-    early_stop_patience: int | None = None
-    early_stop_min_delta: float = 0.0
+    early_stop_patience: int | None = param(None, ge(1))
+    early_stop_min_delta: float = param(0.0, ge(0))
     # A checkpoint (.pt) whose S weights start a new run (fine-tuning, or an adversarial run on top of
     # a supervised one); optimizers, step and D start fresh. Ignored on --resume.
     init_from: str | None = None
@@ -228,16 +309,17 @@ class TrainConfig:
 
 @dataclass
 class InferenceConfig:
-    mode: str = "slabs"  # "slabs" (the study's 4 x 16 slices) or "sliding_window"
-    overlap: float = 0.5
-    sw_batch_size: int = 2
+    # "slabs" (the study's 4 x 16 slices) or "sliding_window"
+    mode: str = param("slabs", one_of("slabs", "sliding_window"))
+    overlap: float = param(0.5, between(0, 1, hi_open=True))
+    sw_batch_size: int = param(2, ge(1))
     tta_flip: bool = False
     keep_largest: bool = False
-    checkpoint: str = "best"  # best | last
+    checkpoint: str = param("best", one_of("best", "last"))
     # How a prediction on a resized grid goes back to the original one: "probabilities" (linear
     # interpolation of the softmax, then argmax: smooth boundaries, as nnU-Net) or "labels" (nearest
     # neighbour of the argmax: cheaper for very large images). Same-size grids always take the cheap path.
-    resample: str = "probabilities"
+    resample: str = param("probabilities", one_of("probabilities", "labels"))
 
 
 @dataclass
@@ -261,98 +343,123 @@ class Config:
         return self.adversarial.semi or self.mean_teacher.enabled
 
     def save(self, path: str | Path) -> None:
-        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+        data = {"config_version": CONFIG_VERSION, **self.to_dict()}
+        atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
-def _merge(obj: Any, updates: dict[str, Any], where: str) -> Any:
-    """Return a copy of dataclass ``obj`` with ``updates`` applied recursively, type-checked."""
+def _merge(obj: Any, updates: Any, source: str, problems: list[InputError], prefix: str = "") -> Any:
+    """A copy of dataclass ``obj`` with ``updates`` applied recursively.
+
+    Unknown keys and values of the wrong type are not applied: each adds one :class:`InputError`
+    ``<source>: <key path>: <problem>`` to ``problems`` (all of them are reported together).
+    """
     if not isinstance(updates, dict):
-        raise InputError(where, f"expected a mapping, got {type(updates).__name__}")
+        section = prefix.rstrip(".") or "config"
+        problems.append(InputError(source, f"{section}: expected a mapping, got {updates!r}"))
+        return obj
     hints = get_type_hints(type(obj))
     names = {f.name for f in fields(obj)}
     changes = {}
     for key, value in updates.items():
+        path = f"{prefix}{key}"
         if key not in names:
-            raise InputError(where, f"unknown config key '{key}' (known: {', '.join(sorted(names))})")
+            section = prefix.rstrip(".")
+            where = f" in {section}" if section else ""
+            problems.append(InputError(source, f"unknown config key '{path}' (known{where}: "
+                                               f"{', '.join(sorted(names))})"))
+            continue
         current = getattr(obj, key)
         if is_dataclass(current):
-            changes[key] = _merge(current, value or {}, f"{where}.{key}")
-        else:
-            changes[key] = _check_field(type(obj), key, _coerce(value, hints[key], f"{where}.{key}"),
-                                        f"{where}.{key}")
+            changes[key] = _merge(current, {} if value is None else value, source, problems, path + ".")
+            continue
+        problem = type_problem(value, hints[key])
+        if problem:
+            problems.append(InputError(source, f"{path}: {problem}"))
+            continue
+        changes[key] = _coerce_value(value, hints[key])
     return dataclasses.replace(obj, **changes)
 
 
-def _check_t_semi(value: Any, where: str) -> Any:
-    if value == "auto":
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1:
-        return float(value)
-    raise InputError(where, f"expected a number in [0, 1] or auto, got {value!r}")
+def _cross_problems(cfg: Config) -> list[tuple[str, str]]:
+    """Checks that involve more than one field (each field's own range is declared with the field)."""
+    out: list[tuple[str, str]] = []
+    d, n, a, t = cfg.data, cfg.network, cfg.adversarial, cfg.train
+    if n.spatial_dims == 3 and len(d.patch_size) != 3:
+        out.append(("data.patch_size", f"a 3-D network (network.spatial_dims: 3) needs 3 sizes (Z, Y, X), "
+                                       f"got {d.patch_size}"))
+    if n.name == "res_unet" and "channels" not in n.kwargs:
+        levels = len(n.channels)
+        if levels < 2:
+            out.append(("network.channels", f"res_unet needs at least 2 levels, got {n.channels}"))
+        else:
+            divisor = 2 ** (levels - 1)
+            patch = d.patch_size[1:] if n.spatial_dims == 2 and len(d.patch_size) == 3 else d.patch_size
+            if any(s % divisor for s in patch):
+                out.append(("data.patch_size", f"every size must be divisible by {divisor} (the S-net's "
+                                               f"2^(levels-1) for network.channels {n.channels}), "
+                                               f"got {d.patch_size}"))
+            if n.aux and not 1 <= len(n.aux_weights) <= levels - 1:
+                out.append(("network.aux_weights", f"must have 1 to {levels - 1} entries for {levels} "
+                                                   f"levels, got {n.aux_weights}"))
+    if t.fold >= t.folds:
+        out.append(("train.fold", f"must be < train.folds ({t.folds}), got {t.fold}"))
+    # (a run that is all D warm-up never trains S, so it has no semi-supervised phase to miss)
+    if a.enabled and a.semi and a.pretrain_iterations >= t.iterations > a.d_warmup_iterations:
+        out.append(("adversarial.pretrain_iterations",
+                     f"must be < train.iterations ({t.iterations}), or the semi-supervised phase never "
+                     f"starts; got {a.pretrain_iterations}"))
+    if a.discriminator == "fusion" and a.d_input not in ("auto", "concat"):
+        out.append(("adversarial.d_input",
+                    f"the fusion discriminator needs auto or concat, got {a.d_input!r}"))
+    if a.discriminator == "dcgan2d" and a.d_norm not in ("auto", "none"):
+        out.append(("adversarial.d_norm",
+                    f"the dcgan2d discriminator has none (auto or none), got {a.d_norm!r}"))
+    if a.enabled and a.mode == "semi_adv_2d" and n.spatial_dims != 2:
+        out.append(("network.spatial_dims", "adversarial.mode semi_adv_2d trains a 2-D network: must be 2, "
+                                            f"got {n.spatial_dims}"))
+    return out
 
 
-def _check_fraction(value: Any, where: str) -> Any:
-    if not 0 < value <= 1:
-        raise InputError(where, f"expected a number in (0, 1], got {value!r}")
-    return value
+def config_problems(cfg: Config, where: str | Path = "config") -> list[InputError]:
+    """Every problem of ``cfg``: types and ranges of each field, then the cross-field checks; one
+    :class:`InputError` ``<where>: <key path>: <problem>`` each (``where``: the file it came from)."""
+    found = field_problems(cfg)
+    if not found:  # cross-field checks assume each field is well-formed
+        found = _cross_problems(cfg)
+    return [InputError(where, f"{key}: {problem}") for key, problem in found]
 
 
-def _check_d_target(value: Any, where: str) -> Any:
-    if value not in ("fake", "errors"):
-        raise InputError(where, f"expected fake or errors, got {value!r}")
-    return value
+def validate_config(cfg: Config) -> Config:
+    """Return ``cfg`` if it is valid; raise :class:`InputErrors` listing every problem otherwise.
+
+    Runs on every way a config is made (presets, files, overrides, a config read back from a run
+    folder or checkpoint) and in :func:`advseg.training.api.prepare_training`, before anything is
+    written, so a bad value fails in one line instead of deep inside torch.
+    """
+    _raise(config_problems(cfg))
+    return cfg
 
 
-def _check_amp_dtype(value: Any, where: str) -> Any:
-    if value not in ("float16", "bfloat16"):
-        raise InputError(where, f"expected float16 or bfloat16, got {value!r}")
-    return value
+def _raise(problems: list[InputError]) -> None:
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise InputErrors(problems)
 
 
-def _check_mask_source(value: Any, where: str) -> Any:
-    if value not in ("d", "softmax", "product"):
-        raise InputError(where, f"expected d, softmax or product, got {value!r}")
-    return value
+def _finish(cfg: Config, problems: list[InputError], validate: bool, where: str | Path = "config") -> Config:
+    _raise(problems + (config_problems(cfg, where) if validate else []))
+    return cfg
 
 
-#: checks of single fields beyond their type: (dataclass, key) -> check(value, where) -> value
-_FIELD_CHECKS = {
-    (AdversarialConfig, "t_semi"): _check_t_semi,
-    (AdversarialConfig, "t_semi_target_accuracy"): _check_fraction,
-    (AdversarialConfig, "mask_source"): _check_mask_source,
-    (AdversarialConfig, "d_target"): _check_d_target,
-    (TrainConfig, "amp_dtype"): _check_amp_dtype,
-}
-
-
-def _check_field(cls: type, key: str, value: Any, where: str) -> Any:
-    check = _FIELD_CHECKS.get((cls, key))
-    return value if check is None or value is None else check(value, where)
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    if value is None:
-        return None
-    text = str(hint)
-    if hint is bool or text == "bool":
-        if not isinstance(value, bool):
-            raise InputError(where, f"expected true/false, got {value!r}")
-        return value
-    if hint is int or text in ("int", "int | None"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InputError(where, f"expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise InputError(where, f"expected a number, got {value!r}")
-        return float(value)
-    if hint is str or text in ("str", "str | None"):
-        if not isinstance(value, str):
-            raise InputError(where, f"expected a string, got {value!r}")
-        return value
-    if text.startswith("list") and not isinstance(value, list):
-        raise InputError(where, f"expected a list, got {value!r}")
-    return value
+def _check_version(data: dict[str, Any], where: str | Path) -> None:
+    """Pop ``config_version``; refuse a file written by a newer advseg (absent: the current layout)."""
+    version = data.pop("config_version", CONFIG_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise InputError(where, f"config_version must be a positive integer, got {version!r}")
+    if version > CONFIG_VERSION:
+        raise InputError(where, f"written by a newer advseg (config version {version}; this one reads "
+                                f"up to {CONFIG_VERSION}): upgrade advseg to use it")
 
 
 def preset_names() -> list[str]:
@@ -365,72 +472,123 @@ def load_yaml_mapping(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise InputError(path, f"invalid YAML ({str(exc).splitlines()[0]})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"cannot read ({type(exc).__name__}: {exc})") from None
     if not isinstance(data, dict):
         raise InputError(path, "a config file must be a mapping of keys")
     return data
 
 
-def _resolve(data: dict[str, Any], where: Path, seen: tuple[str, ...] = ()) -> Config:
+def _resolve(
+    data: dict[str, Any], where: Path, problems: list[InputError], seen: tuple[str, ...] = ()
+) -> Config:
     data = dict(data)
+    _check_version(data, where)
     base = data.pop("base", None)
     if base is None:
         cfg = Config()
     else:
+        if not isinstance(base, str):
+            raise InputError(where, f"base: expected a preset name, got {base!r}")
         if base in seen:
             raise InputError(where, f"preset cycle through '{base}'")
-        cfg = _resolve(load_yaml_mapping(_preset_path(base)), _preset_path(base), (*seen, base))
-    return _merge(cfg, data, str(where))
+        cfg = _resolve(load_yaml_mapping(_preset_path(base)), _preset_path(base), problems, (*seen, base))
+    return _merge(cfg, data, str(where), problems)
 
 
 def _preset_path(name: str) -> Path:
     path = PRESET_DIR / f"{name}.yaml"
-    if not path.exists():
+    if not name or not path.exists():
         raise InputError(None, f"unknown preset '{name}' (known: {', '.join(preset_names())})")
     return path
 
 
-def load_preset(name: str) -> Config:
+def load_preset(name: str, validate: bool = True) -> Config:
     """The preset ``name`` from ``advseg/configs/`` (with its ``base`` chain resolved).
 
     ``"a+b"`` applies the keys of preset ``b`` on top of ``a``: a method preset plus a size preset,
-    e.g. ``res_unet_aux_adv_semi+cpu``. The config's ``name`` is the first part.
+    e.g. ``res_unet_aux_adv_semi+cpu``. The config's ``name`` is the first part. ``validate=False``
+    leaves :func:`validate_config` to the caller (who applies overrides first).
     """
     first, *rest = name.split("+")
     path = _preset_path(first)
-    cfg = _resolve(load_yaml_mapping(path), path, (first,))
+    problems: list[InputError] = []
+    cfg = _resolve(load_yaml_mapping(path), path, problems, (first,))
     for extra in rest:
         extra_path = _preset_path(extra)
         data = load_yaml_mapping(extra_path)
         data.pop("base", None)
-        cfg = _merge(cfg, data, str(extra_path))
-    return dataclasses.replace(cfg, name=first)
+        cfg = _merge(cfg, data, str(extra_path), problems)
+    return _finish(dataclasses.replace(cfg, name=first), problems, validate)
 
 
-def load_config(path: str | Path) -> Config:
-    """A user's YAML config file (it may name ``base: <preset>``)."""
+def load_config(path: str | Path, validate: bool = True) -> Config:
+    """A user's YAML config file (it may name ``base: <preset>``), or a run folder's config.yaml."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "config file not found")
-    return _resolve(load_yaml_mapping(path), path)
+    if not path.is_file():
+        raise InputError(path, "expected a YAML config file, got a folder")
+    problems: list[InputError] = []
+    cfg = _resolve(load_yaml_mapping(path), path, problems)
+    return _finish(cfg, problems, validate, path)
 
 
-def config_from_dict(data: dict[str, Any]) -> Config:
-    """Rebuild a saved config (``Config.to_dict()`` output, e.g. from a checkpoint)."""
-    return _merge(Config(), data, "config")
+def config_from_dict(data: dict[str, Any], where: str | Path = "config", validate: bool = True) -> Config:
+    """Rebuild a saved config (``Config.to_dict()`` output, e.g. from a checkpoint named ``where``)."""
+    if not isinstance(data, dict):
+        raise InputError(where, f"config: expected a mapping, got {type(data).__name__}")
+    data = dict(data)
+    _check_version(data, where)
+    problems: list[InputError] = []
+    cfg = _merge(Config(), data, str(where), problems)
+    return _finish(cfg, problems, validate, where)
 
 
-def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """Apply ``section.key=value`` strings (values parsed as YAML), e.g. ``train.iterations=100``."""
+def apply_overrides(cfg: Config, overrides: list[str], validate: bool = True) -> Config:
+    """Apply ``section.key=value`` strings (values parsed as YAML), e.g. ``train.iterations=100``.
+
+    Problems name the key once: ``--set: train.batch_size: expected an integer, got 'abc'``.
+    """
+    problems: list[InputError] = []
     for item in overrides:
         if "=" not in item:
-            raise InputError(None, f"override '{item}' is not of the form section.key=value")
+            problems.append(InputError("--set", f"'{item}' is not of the form section.key=value"))
+            continue
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            problems.append(InputError("--set", f"{key.strip()}: cannot parse the value {raw!r}"))
+            continue
         nested: dict[str, Any] = {}
         node = nested
         parts = key.strip().split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
         node[parts[-1]] = value
-        cfg = _merge(cfg, nested, f"override {key}")
+        cfg = _merge(cfg, nested, "--set", problems)
+    return _finish(cfg, problems, validate)
+
+
+def build_config(preset: str | None, config: str | Path | None, overrides: list[str],
+                 base: str | Path | None = None) -> Config:
+    """What ``advseg train`` trains with: a preset (default ``res_unet_aux+cpu``), a YAML file, or
+    (``base``) a run folder's saved ``config.yaml``, then the ``--set`` overrides; validated once, at
+    the end. A problem with a key the file set (not an override) names the file."""
+    if preset and config:
+        raise InputError(config, "give --preset or --config, not both")
+    source = config or base
+    if source:
+        cfg = load_config(source, validate=False)
+    else:
+        cfg = load_preset(preset or "res_unet_aux+cpu", validate=False)
+    cfg = apply_overrides(cfg, overrides, validate=False)
+    overridden = {item.split("=", 1)[0].strip() for item in overrides}
+    problems = []
+    for exc in config_problems(cfg):
+        key = exc.problem.split(":", 1)[0]
+        where = source if source and key not in overridden else "config"
+        problems.append(InputError(where, exc.problem))
+    _raise(problems)
     return cfg

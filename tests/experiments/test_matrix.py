@@ -360,7 +360,9 @@ def test_hippocampus_benchmark_cell_and_predict_evaluate_elsewhere(hippocampus: 
     spec.loader.exec_module(bench)
     run = tmp_path / "run"
     assert bench.main(["--fraction", "0.1", "--method", "res_unet", "--iterations", "2", "--data",
-                       str(hippocampus), "--out", str(run), "--threads", "1"]) == 0
+                       str(hippocampus), "--out", str(run), "--threads", "1",
+                       "--results", str(tmp_path / "results")]) == 0
+    assert (tmp_path / "results" / "res_unet" / "0.1" / "seed0_fold0.json").is_file()
     record = json.loads((run / DONE_FILE).read_text())
     assert len(record["test_cases"]) == 40 and set(record["summary"]) == {"Anterior", "Posterior"}
     doc = json.loads((run / "benchmark.json").read_text())

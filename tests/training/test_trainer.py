@@ -196,3 +196,24 @@ def test_early_stopping_on_a_validation_plateau(
     assert load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")["iteration"] == 5
     again = train_run(None, tiny_phantom, tmp_path / "run", resume=True, progress=False)
     assert again["iterations"] == 5
+
+
+def test_resume_with_more_iterations_re_aims_the_learning_rate_decay(
+    tiny_phantom: Path, tmp_path: Path
+) -> None:
+    """A finished 4-iteration run resumed to 8 iterations continues on the 8-iteration schedule (not at
+    the old schedule's end, learning rate 0)."""
+    def lrs(run: Path) -> dict[int, float]:
+        rows = [json.loads(r) for r in (run / "log.jsonl").read_text().splitlines()]
+        return {r["iteration"]: r["lr"] for r in rows if r["kind"] == "train"}
+
+    short = _cfg("res_unet", "train.iterations=4", "train.val_every=0")
+    train_run(short, tiny_phantom, tmp_path / "a", progress=False)
+    assert lrs(tmp_path / "a")[4] == 0.0
+    longer = apply_overrides(short, ["train.iterations=8"])
+    train_run(longer, tiny_phantom, tmp_path / "a", resume=True, progress=False)
+    train_run(longer, tiny_phantom, tmp_path / "b", progress=False)
+    resumed, fresh = lrs(tmp_path / "a"), lrs(tmp_path / "b")
+    for it in range(5, 9):
+        assert resumed[it] == pytest.approx(fresh[it], rel=1e-6), it
+    assert resumed[7] > 0

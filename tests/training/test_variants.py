@@ -82,8 +82,10 @@ def test_dcgan_widths_pad_to_six_convolutions() -> None:
     d = build_discriminator(cfg, 6)
     assert len(d.convs) == 6  # five hidden convs + the 1-channel one, although tiny lists four widths
     assert [c.out_channels for c in d.convs] == [4, 4, 8, 8, 8, 1]
-    with pytest.raises(ValueError, match="spatial_dims"):
-        build_discriminator(apply_overrides(cfg, ["network.spatial_dims=3"]), 6)
+    with pytest.raises(InputError, match="config: network.spatial_dims: adversarial.mode semi_adv_2d"):
+        apply_overrides(cfg, ["network.spatial_dims=3"])  # the config refuses it first
+    with pytest.raises(ValueError, match="spatial_dims"):  # and so does the trainer, for the Python API
+        build_discriminator(apply_overrides(cfg, ["network.spatial_dims=3"], validate=False), 6)
 
 
 @pytest.mark.parametrize("preset", ["semi_adv_2d", "asdnet", "res_unet_aux_adv"])

@@ -115,15 +115,6 @@ def import_dicom(
                f"{out_dataset} (labels: {classes})")
 
 
-def _config(preset: str | None, config: Path | None, overrides: list[str] | None):
-    from advseg.config import apply_overrides, load_config, load_preset
-
-    if preset and config:
-        raise InputError(config, "give --preset or --config, not both")
-    cfg = load_config(config) if config else load_preset(preset or "res_unet_aux+cpu")
-    return apply_overrides(cfg, overrides or [])
-
-
 @app.command()
 def train(
     data: Annotated[Path, typer.Option(help="Labeled dataset folder.")],
@@ -138,6 +129,7 @@ def train(
     ] = None,
 ) -> None:
     """Train a segmenter (supervised, adversarial or semi-supervised, per the config)."""
+    from advseg.config import build_config
     from advseg.training import distributed
     from advseg.training.api import train_run
 
@@ -145,7 +137,11 @@ def train(
         overrides = list(set_ or [])
         if iterations is not None:
             overrides.append(f"train.iterations={iterations}")
-        cfg = None if resume and preset is None and config is None else _config(preset, config, overrides)
+        saved = out / "config.yaml"
+        if resume and preset is None and config is None:  # the run's own config (+ any --set)
+            cfg = build_config(None, None, overrides, base=saved) if overrides and saved.is_file() else None
+        else:
+            cfg = build_config(preset, config, overrides)
         train_run(cfg, data=data, out=out, unlabeled=unlabeled or [], resume=resume)
     except InputError as exc:
         fail(exc)

@@ -101,6 +101,19 @@ def detect_modality(channel_name: str) -> str:
 def load_dataset(
     root: Path | str, unlabeled_dirs: list[Path] | None = None, require_labels: bool = True
 ) -> DatasetIndex:
+    """Index a dataset folder; see :func:`_load_dataset`. Warnings are issued only for a dataset that
+    loads: when it has errors, the user sees the errors alone, one line each."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        index = _load_dataset(root, unlabeled_dirs, require_labels)
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return index
+
+
+def _load_dataset(
+    root: Path | str, unlabeled_dirs: list[Path] | None = None, require_labels: bool = True
+) -> DatasetIndex:
     """Index a dataset folder (MSD or nnU-Net v2 raw layout, detected from ``dataset.json``).
 
     Nothing but ``dataset.json`` and the folder listings is read; :func:`advseg.data.validate.

@@ -31,6 +31,7 @@ from typing import Any
 from advseg.config import apply_overrides, load_preset, preset_names
 from advseg.errors import InputError
 from advseg.io.atomic import atomic_write_text
+from advseg.io.lock import LOCK_NAME, check_unlocked
 
 DEFAULT_METHODS = ("res_unet_aux",)
 DEMO_MARKER = "demo.json"
@@ -63,6 +64,8 @@ def _prepare_out(out: Path) -> None:
     if foreign:
         raise InputError(out / foreign[0], "not written by the demo; move it out of this previous demo "
                                            "folder (it is replaced on every run), or choose another --out")
+    for lock in out.glob(f"*/{LOCK_NAME}"):
+        check_unlocked(lock.parent)  # a demo still training there is never deleted under it
     for p in out.iterdir():
         if p.name in ours:
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
@@ -84,7 +87,7 @@ def run_method(
     from advseg.inference.api import predict_path
     from advseg.training.api import train_run
 
-    cfg = load_preset(f"{name}+{size}")
+    cfg = load_preset(f"{name}+{size}", validate=False)  # validated with the overrides
     extra = [f"train.seed={seed}"]
     if cfg.loss.name == "adaptive_ce" and size != "paper":
         extra.append(f"loss.name={SHORT_SCHEDULE_LOSS}")

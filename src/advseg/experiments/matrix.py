@@ -86,6 +86,7 @@ from advseg.config import Config, apply_overrides, load_config, load_preset, loa
 from advseg.errors import InputError
 from advseg.io.atomic import atomic_write_text
 from advseg.io.guard import refuse_overlap
+from advseg.io.lock import LOCK_NAME, check_unlocked
 
 EXPERIMENT_DIR = Path(__file__).resolve().parents[1] / "configs" / "experiments"
 MATRIX_FILE = "matrix.json"
@@ -104,7 +105,7 @@ DEFAULT_PHANTOM: dict[str, Any] = {
 _CELL_OUTPUTS = {
     "config.yaml", "dataset_info.json", "splits.json", "log.jsonl", "learning_curves.png", "figures",
     "checkpoint_best.pt", "checkpoint_last.pt", "predictions", "test_labels", "evaluation",
-    DONE_FILE,
+    DONE_FILE, LOCK_NAME,
 }
 
 
@@ -455,7 +456,7 @@ def cell_config(cfg: MatrixConfig, method: MethodSpec, level: Level, fold: int, 
     settings, then the cell's fold, seed and labeled level."""
     preset = method.preset if not cfg.size else f"{method.preset}+{cfg.size}"
     try:
-        base = load_preset(preset)
+        base = load_preset(preset, validate=False)  # validated with the overrides
         return apply_overrides(base, [
             *cfg.overrides, *method.overrides, f"train.folds={cfg.folds}", f"train.fold={fold}",
             f"train.seed={seed}", *level.overrides(),
@@ -842,6 +843,7 @@ def _prepare_cell_folder(folder: Path, expected: Config) -> bool:
     """
     if not folder.exists() or not any(folder.iterdir()):
         return False
+    check_unlocked(folder)  # never clear or judge a cell another job is training right now
     entries = {p.name for p in folder.iterdir()}
     if not (folder / "config.yaml").is_file() or entries - _CELL_OUTPUTS:
         raise InputError(folder, "exists, is not empty and is not a run folder of this experiment")

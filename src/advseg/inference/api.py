@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -26,7 +27,7 @@ from advseg.inference.sliding import flip_tta, predict_logits
 from advseg.io import Volume, read_volume, strip_suffix, write_volume
 from advseg.io.atomic import atomic_write_text
 from advseg.io.dicom.series import is_dicom_folder
-from advseg.io.guard import check_output_dir, check_output_file, record_outputs, refuse_overlap
+from advseg.io.guard import MANIFEST, check_output_dir, check_output_file, record_outputs, refuse_overlap
 from advseg.networks.factory import build_network, to_channels_last
 from advseg.training.checkpoint import load_checkpoint
 from advseg.training.trainer import resolve_device
@@ -138,7 +139,7 @@ def load_model(
     if not path.exists():
         raise InputError(run_dir, f"no checkpoint_{checkpoint}.pt in this run folder")
     state = load_checkpoint(path)
-    cfg = config_from_dict(state["config"])
+    cfg = config_from_dict(state["config"], where=path)
     overrides = {k: v for k, v in inference_overrides.items() if v is not None}
     if overrides:
         cfg = replace(cfg, inference=replace(cfg.inference, **overrides))
@@ -314,7 +315,14 @@ def predict_path(
         written = list(targets.values())
         if save_confidence:
             written += [confidence_path(t) for t in targets.values()]
-        record_outputs(output, "predict", written)
+        created = not output.exists()
+        try:
+            record_outputs(output, "predict", written)
+            return predict_cases(model, cases, targets, save_confidence=save_confidence, progress=progress)
+        except InputError:  # e.g. disk full: a folder this call made and filled with nothing goes again
+            if created and output.is_dir() and {p.name for p in output.iterdir()} <= {MANIFEST}:
+                shutil.rmtree(output, ignore_errors=True)
+            raise
     return predict_cases(model, cases, targets, save_confidence=save_confidence, progress=progress)
 
 

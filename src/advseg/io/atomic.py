@@ -3,7 +3,8 @@
 Every writer of advseg (volumes, checkpoints, caches, splits, tables, figures) goes through
 :func:`atomic_path`: the caller writes a temporary file in the target's folder, which is renamed onto
 the target (``os.replace``, atomic on POSIX) only when the ``with`` block finishes, and deleted if it
-raises.
+raises. A write the system refuses (disk full, file-size limit, permissions: ``OSError``) becomes
+one :class:`~advseg.errors.InputError` naming the file.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from advseg.errors import InputError
 
 
 @contextmanager
@@ -24,16 +27,25 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     (``0666`` minus the umask), not the ``0600`` that ``mkstemp`` creates.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    except OSError as exc:
+        raise InputError(path.parent, f"cannot write in this folder ({_reason(exc)})") from None
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as exc:  # disk full, file-size limit, permissions: the old file stays as it was
+        raise InputError(path, f"cannot write ({_reason(exc)}); nothing was replaced") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

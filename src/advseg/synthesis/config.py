@@ -14,15 +14,20 @@ A user's YAML file may hold any subset of the keys, with ``base: small`` or ``ba
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import yaml
 
-from advseg.config import load_yaml_mapping
-from advseg.errors import InputError
+from advseg.checks import between, coerce, each, field_problems, ge, gt, length, nonempty, param, prob, window
+from advseg.checks import type_problem as _type_problem
+from advseg.config import _device, load_yaml_mapping
+from advseg.errors import InputError, InputErrors
 from advseg.io.atomic import atomic_write_text
+
+# Version of the saved gan_config.yaml layout (key ``config_version``); a newer one is refused.
+GAN_CONFIG_VERSION = 1
 
 
 @dataclass
@@ -59,29 +64,28 @@ class GANConfig:
     """
 
     name: str = "small"
-    stages: list[list[int]] = field(
-        default_factory=lambda: [[4, 4, 4], [8, 8, 8], [16, 16, 16], [16, 32, 32]]
-    )
-    channels: list[int] = field(default_factory=lambda: [32, 32, 16, 8])
-    latent_channels: int = 32
-    iterations_per_stage: int = 200
-    fade_fraction: float = 0.5
-    batch_sizes: list[int] = field(default_factory=lambda: [8, 8, 8, 4])
-    lr: float = 1e-3
-    betas: list[float] = field(default_factory=lambda: [0.0, 0.99])
-    eps: float = 1e-8
-    gp_lambda: float = 10.0
-    drift: float = 1e-3
-    mbstd_group: int = 4
-    ema_beta: float = 0.99
+    stages: list[list[int]] = param([[4, 4, 4], [8, 8, 8], [16, 16, 16], [16, 32, 32]], nonempty,
+                                    each(length(3), each(ge(1))))
+    channels: list[int] = param([32, 32, 16, 8], each(ge(1)))  # one per stage
+    latent_channels: int = param(32, ge(1))
+    iterations_per_stage: int = param(200, ge(1))
+    fade_fraction: float = param(0.5, prob)
+    batch_sizes: list[int] = param([8, 8, 8, 4], nonempty, each(ge(1)))  # 1 or one per stage
+    lr: float = param(1e-3, gt(0))
+    betas: list[float] = param([0.0, 0.99], length(2), each(between(0, 1, hi_open=True)))
+    eps: float = param(1e-8, gt(0))
+    gp_lambda: float = param(10.0, ge(0))
+    drift: float = param(1e-3, ge(0))
+    mbstd_group: int = param(4, ge(1))
+    ema_beta: float = param(0.99, between(0, 1, hi_open=True))
     flip_x: bool = True
-    hu_window: list[float] = field(default_factory=lambda: [-1000.0, 1000.0])
-    n_slices: int | None = None
-    crop_xy: int | None = None
-    checkpoint_every: int = 50
-    grid_samples: int = 4
-    seed: int = 0
-    device: str = "auto"
+    hu_window: list[float] = param([-1000.0, 1000.0], window)
+    n_slices: int | None = param(None, ge(1))
+    crop_xy: int | None = param(None, ge(1))
+    checkpoint_every: int = param(50, ge(1))
+    grid_samples: int = param(4, ge(0))
+    seed: int = param(0, ge(0))
+    device: str = param("auto", _device)
     amp: bool = False
 
     def __post_init__(self) -> None:
@@ -113,7 +117,8 @@ class GANConfig:
         return asdict(self)
 
     def save(self, path: str | Path) -> None:
-        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+        data = {"config_version": GAN_CONFIG_VERSION, **self.to_dict()}
+        atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -133,73 +138,68 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def validate_gan_config(cfg: GANConfig, where: str = "gan config") -> None:
-    """Raise :class:`InputError` naming the key for any inconsistent setting."""
-
-    def bad(key: str, problem: str) -> InputError:
-        return InputError(f"{where}.{key}", problem)
-
-    stages = cfg.stages
-    if not stages or any(len(s) != 3 or any(not isinstance(v, int) or v < 1 for v in s) for s in stages):
-        raise bad("stages", f"expected a list of [z, y, x] positive integers, got {stages!r}")
-    if any(v % 2 for v in stages[0]):
-        raise bad("stages", f"the first stage {stages[0]} must be even (the noise input is half of it)")
-    for prev, cur in zip(stages, stages[1:], strict=False):
-        ratios = [c / p for p, c in zip(prev, cur, strict=True)]
-        if any(r not in (1.0, 2.0) for r in ratios) or max(ratios) != 2.0:
-            raise bad("stages", f"{prev} -> {cur}: each axis must stay or double, at least one doubling")
-    if len(cfg.channels) != len(stages) or any(c < 1 for c in cfg.channels):
-        raise bad("channels", f"expected {len(stages)} positive values (one per stage), got {cfg.channels}")
-    if len(cfg.batch_sizes) not in (1, len(stages)) or any(b < 1 for b in cfg.batch_sizes):
-        raise bad("batch_sizes", f"expected 1 or {len(stages)} positive values, got {cfg.batch_sizes}")
-    for key in ("latent_channels", "iterations_per_stage", "checkpoint_every", "mbstd_group"):
-        if getattr(cfg, key) < 1:
-            raise bad(key, f"must be >= 1, got {getattr(cfg, key)}")
-    if not 0.0 <= cfg.fade_fraction <= 1.0:
-        raise bad("fade_fraction", f"must be in [0, 1], got {cfg.fade_fraction}")
-    if not 0.0 <= cfg.ema_beta < 1.0:
-        raise bad("ema_beta", f"must be in [0, 1), got {cfg.ema_beta}")
-    if len(cfg.hu_window) != 2 or cfg.hu_window[0] >= cfg.hu_window[1]:
-        raise bad("hu_window", f"expected [low, high] with low < high, got {cfg.hu_window}")
-    if len(cfg.betas) != 2:
-        raise bad("betas", f"expected two values, got {cfg.betas}")
-    if cfg.grid_samples < 0:
-        raise bad("grid_samples", "must be >= 0")
-    for key in ("n_slices", "crop_xy"):
-        value = getattr(cfg, key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise bad(key, f"must be a positive integer or null, got {value!r}")
+def gan_config_problems(cfg: GANConfig, where: str = "GAN config") -> list[InputError]:
+    """Every problem of ``cfg`` (each field's type and range, then the stage geometry), one
+    :class:`InputError` ``<where>: <key>: <problem>`` each."""
+    found = field_problems(cfg)
+    if not found:  # the cross-field checks assume each field is well-formed
+        stages = cfg.stages
+        if any(v % 2 for v in stages[0]):
+            found.append(("stages", f"the first stage {stages[0]} must be even (the noise input is half "
+                                    "of it)"))
+        for prev, cur in zip(stages, stages[1:], strict=False):
+            ratios = [c / p for p, c in zip(prev, cur, strict=True)]
+            if any(r not in (1.0, 2.0) for r in ratios) or max(ratios) != 2.0:
+                found.append(("stages", f"{prev} -> {cur}: each axis must stay or double, at least one "
+                                        "doubling"))
+                break
+        if len(cfg.channels) != len(stages):
+            found.append(("channels", f"expected {len(stages)} values (one per stage), got {cfg.channels}"))
+        if len(cfg.batch_sizes) not in (1, len(stages)):
+            found.append(("batch_sizes", f"expected 1 or {len(stages)} values, got {cfg.batch_sizes}"))
+    return [InputError(where, f"{key}: {problem}") for key, problem in found]
 
 
-def _check_type(value: Any, default: Any, where: str) -> Any:
-    """Coerce ``value`` to the kind of ``default`` (int/float/bool/str/list), or raise InputError."""
-    if value is None:
-        return None
-    if isinstance(default, bool) or isinstance(value, bool):
-        if not (isinstance(default, bool) and isinstance(value, bool)):
-            raise InputError(where, f"expected {type(default).__name__}, got {value!r}")
-        return value
-    if isinstance(default, float) and isinstance(value, int | float):
-        return float(value)
-    if isinstance(default, list):
-        if not isinstance(value, list):
-            raise InputError(where, f"expected a list, got {value!r}")
-        return value
-    if default is not None and not isinstance(value, type(default)):
-        raise InputError(where, f"expected {type(default).__name__}, got {value!r}")
-    return value
+def _raise(problems: list[InputError]) -> None:
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise InputErrors(problems)
 
 
-def merge_gan_config(cfg: GANConfig, updates: dict[str, Any], where: str = "gan config") -> GANConfig:
-    """A copy of ``cfg`` with ``updates`` applied (unknown keys and wrong types -> InputError)."""
+def validate_gan_config(cfg: GANConfig, where: str = "GAN config") -> None:
+    """Raise :class:`InputError` (one problem) or :class:`InputErrors` (several) naming each bad key."""
+    _raise(gan_config_problems(cfg, where))
+
+
+def merge_gan_config(cfg: GANConfig, updates: dict[str, Any], where: str = "GAN config") -> GANConfig:
+    """A copy of ``cfg`` with ``updates`` applied; unknown keys, wrong types and out-of-range values
+    are reported together (one line each), naming ``where`` (e.g. the file) and the key."""
     if not isinstance(updates, dict):
         raise InputError(where, f"expected a mapping, got {type(updates).__name__}")
+    updates = dict(updates)
+    version = updates.pop("config_version", GAN_CONFIG_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= GAN_CONFIG_VERSION:
+        raise InputError(where, f"written by another advseg version (GAN config version {version!r}; "
+                                f"this one reads 1..{GAN_CONFIG_VERSION})")
+    hints = get_type_hints(GANConfig)
     names = {f.name for f in fields(cfg)}
+    problems: list[InputError] = []
     changes = {}
     for key, value in updates.items():
         if key not in names:
-            raise InputError(where, f"unknown GAN config key '{key}' (known: {', '.join(sorted(names))})")
-        changes[key] = _check_type(value, getattr(cfg, key), f"{where}.{key}")
+            problems.append(InputError(where, f"unknown GAN config key '{key}' (known: "
+                                              f"{', '.join(sorted(names))})"))
+            continue
+        problem = _type_problem(value, hints[key])
+        if problem:
+            problems.append(InputError(where, f"{key}: {problem}"))
+            continue
+        changes[key] = coerce(value, hints[key])
+    # the values that were applied, checked before building (GANConfig validates on creation)
+    merged = object.__new__(GANConfig)
+    merged.__dict__.update({**cfg.__dict__, **changes})
+    _raise(problems + gan_config_problems(merged, where))
     return dataclasses.replace(cfg, **changes)
 
 
@@ -220,6 +220,6 @@ def load_gan_config(path: str | Path) -> GANConfig:
     return merge_gan_config(base, data, str(path))
 
 
-def gan_config_from_dict(data: dict[str, Any], where: str = "gan config") -> GANConfig:
+def gan_config_from_dict(data: dict[str, Any], where: str = "GAN config") -> GANConfig:
     """Rebuild a saved config (``GANConfig.to_dict()`` output)."""
     return merge_gan_config(GANConfig(), data, where)

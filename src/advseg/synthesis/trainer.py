@@ -13,6 +13,7 @@ resolution gap between real and fake. G's weights are also averaged (EMA) for sa
 Run folder ``GAN_DIR``::
 
     gan_config.yaml                   the run's GANConfig
+    .advseg.lock                      host and PID of the process training it (while it runs)
     checkpoints/latest.pt             where training stands (mid-stage, with optimizer states)
     checkpoints/stage<s>_<Z>x<Y>x<X>.pt   end of each stage (weights, EMA, RNG; no optimizer: a new
                                       stage starts with fresh Adam states)
@@ -39,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import io
 import json
 import math
 import time
@@ -50,6 +52,7 @@ import torch
 from advseg.errors import InputError
 from advseg.io.atomic import atomic_write_text
 from advseg.io.guard import refuse_overlap
+from advseg.io.lock import RunLock, check_unlocked
 from advseg.synthesis.config import GANConfig, gan_config_from_dict, gan_preset
 from advseg.synthesis.data import (
     TrainingSet,
@@ -94,10 +97,8 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
 def load_state(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     if not path.is_file():
         raise InputError(path, "GAN checkpoint not found")
-    state = load_checkpoint(path, map_location=map_location)
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise InputError(path, f"not an advseg GAN checkpoint (format {FORMAT})")
-    return state
+    kind, _, version = FORMAT.rpartition("-")
+    return load_checkpoint(path, map_location=map_location, kind=kind, version=int(version))
 
 
 def is_finished(state: dict[str, Any]) -> bool:
@@ -262,6 +263,23 @@ class _Trainer:
 
 # -- the run ----------------------------------------------------------------------------------------
 
+def _rewind_log(path: Path, step: int) -> None:
+    """Keep the log rows up to ``step`` (the checkpoint's); a torn last row goes too."""
+    if not path.is_file():
+        return
+    with path.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= step
+                and None not in r.values()]
+    if not rows:
+        path.unlink()
+        return
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=LOG_FIELDS)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
 def _append_log(path: Path, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
@@ -341,53 +359,59 @@ def train_gan(data: str | Path, out: str | Path, cfg: GANConfig | None = None, r
             stage, it = stage + 1, 0
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        cfg.save(out / "gan_config.yaml")
-        atomic_write_text(out / "geometry.json", json.dumps(tset.geometry, indent=2))
-
-    n_stages, ips = len(cfg.stages), cfg.iterations_per_stage
-    log_rows: list[dict[str, Any]] = []
-    t0 = time.perf_counter() - elapsed
-    done_here = 0
-
-    def checkpoint(path: Path, with_optim: bool) -> None:
-        snapshot = trainer.state(stage, it, step, time.perf_counter() - t0, with_optim)  # collective
+    # one writer per GAN folder (rank 0 under torchrun); a killed run's lock is taken over
+    with RunLock(out) if main else contextlib.nullcontext():
         if main:
-            _append_log(out / "log.csv", log_rows)
-            save_state(path, snapshot)
-        log_rows.clear()
+            cfg.save(out / "gan_config.yaml")
+            atomic_write_text(out / "geometry.json", json.dumps(tset.geometry, indent=2))
+            _rewind_log(out / "log.csv", step)  # rows of iterations a kill lost are written again
+            for tmp in out.glob("checkpoints/.*.pt.*.tmp"):  # a checkpoint write a kill cut short
+                tmp.unlink()
 
-    with _progress(progress and main) as bar:
-        task = bar.add_task("PGGAN", total=n_stages * ips, completed=stage * ips + it)
-        while stage < n_stages:
-            if it == 0 or trainer.opt_g is None:
-                trainer.new_optimizers()
-            while it < ips:
-                alpha = cfg.alpha(stage, it)
-                losses = trainer.step(stage, alpha)
-                it += 1
-                step += 1
-                done_here += 1
-                log_rows.append({"step": step, "stage": stage, "iteration": it, "alpha": round(alpha, 6),
-                                 **{k: round(v, 6) for k, v in losses.items()},
-                                 "seconds": round(time.perf_counter() - t0, 3)})
-                z, y, x = cfg.stages[stage]
-                bar.update(task, advance=1,
-                           description=f"stage {stage} {z}x{y}x{x} a={alpha:.2f} "
-                                       f"D {losses['loss_d']:+.3f} G {losses['loss_g']:+.3f}")
-                if it < ips and it % cfg.checkpoint_every == 0:
-                    checkpoint(latest, with_optim=True)
-                if max_iterations is not None and done_here >= max_iterations and it < ips:
-                    checkpoint(latest, with_optim=True)
+        n_stages, ips = len(cfg.stages), cfg.iterations_per_stage
+        log_rows: list[dict[str, Any]] = []
+        t0 = time.perf_counter() - elapsed
+        done_here = 0
+
+        def checkpoint(path: Path, with_optim: bool) -> None:
+            snapshot = trainer.state(stage, it, step, time.perf_counter() - t0, with_optim)  # collective
+            if main:
+                _append_log(out / "log.csv", log_rows)
+                save_state(path, snapshot)
+            log_rows.clear()
+
+        with _progress(progress and main) as bar:
+            task = bar.add_task("PGGAN", total=n_stages * ips, completed=stage * ips + it)
+            while stage < n_stages:
+                if it == 0 or trainer.opt_g is None:
+                    trainer.new_optimizers()
+                while it < ips:
+                    alpha = cfg.alpha(stage, it)
+                    losses = trainer.step(stage, alpha)
+                    it += 1
+                    step += 1
+                    done_here += 1
+                    log_rows.append({"step": step, "stage": stage, "iteration": it, "alpha": round(alpha, 6),
+                                     **{k: round(v, 6) for k, v in losses.items()},
+                                     "seconds": round(time.perf_counter() - t0, 3)})
+                    z, y, x = cfg.stages[stage]
+                    bar.update(task, advance=1,
+                               description=f"stage {stage} {z}x{y}x{x} a={alpha:.2f} "
+                                           f"D {losses['loss_d']:+.3f} G {losses['loss_g']:+.3f}")
+                    if it < ips and it % cfg.checkpoint_every == 0:
+                        checkpoint(latest, with_optim=True)
+                    if max_iterations is not None and done_here >= max_iterations and it < ips:
+                        checkpoint(latest, with_optim=True)
+                        return latest
+                # End of the stage: grid first, then the checkpoints (a crash in between redoes nothing).
+                if cfg.grid_samples and main:
+                    trainer.grid(out / "grids" / f"{stage_name(cfg, stage)}.png", stage)
+                checkpoint(out / "checkpoints" / f"{stage_name(cfg, stage)}.pt", with_optim=False)
+                checkpoint(latest, with_optim=False)
+                if stage == n_stages - 1 or (max_iterations is not None and done_here >= max_iterations):
                     return latest
-            # End of the stage: grid first, then the checkpoints (a crash in between redoes nothing).
-            if cfg.grid_samples and main:
-                trainer.grid(out / "grids" / f"{stage_name(cfg, stage)}.png", stage)
-            checkpoint(out / "checkpoints" / f"{stage_name(cfg, stage)}.pt", with_optim=False)
-            checkpoint(latest, with_optim=False)
-            if stage == n_stages - 1 or (max_iterations is not None and done_here >= max_iterations):
-                return latest
-            stage, it = stage + 1, 0
-    return latest
+                stage, it = stage + 1, 0
+        return latest
 
 
 def _settle_run(data: str | Path, out: Path, cfg: GANConfig | None, resume: bool,
@@ -398,6 +422,7 @@ def _settle_run(data: str | Path, out: Path, cfg: GANConfig | None, resume: bool
     if max_iterations is not None and max_iterations < 1:
         raise InputError(None, f"max_iterations must be >= 1, got {max_iterations}")
     state = None
+    check_unlocked(out)  # a run writing this folder right now: fail before any work
     if resume:
         if not latest.is_file():
             raise InputError(out, "nothing to resume (no checkpoints/latest.pt in this GAN folder)")

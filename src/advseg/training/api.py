@@ -3,6 +3,7 @@
 Run folder layout::
 
     config.yaml            the final, fully expanded config
+    .advseg.lock           host and PID of the process writing the folder (while it runs)
     dataset_info.json      class names, modality, channels, left/right pairs (used by predict)
     splits.json            the fold split and the labeled / unlabeled case lists actually used
     checkpoint_last.pt     written every ``train.checkpoint_every`` iterations (resume point)
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from advseg.config import Config, load_config
+from advseg.config import Config, load_config, validate_config
 from advseg.data.dataset import DatasetIndex, load_dataset
 from advseg.data.labels import lr_pairs
 from advseg.data.preprocess import default_cache_root, preprocess_dataset
@@ -32,6 +33,7 @@ from advseg.data.validate import validate_dataset
 from advseg.errors import InputError
 from advseg.io.atomic import atomic_write_text
 from advseg.io.guard import refuse_overlap
+from advseg.io.lock import LOCK_NAME, RunLock, check_unlocked
 from advseg.training import distributed
 from advseg.training.trainer import BatchSource, TrainData, TrainingDiverged
 from advseg.transforms.augment import build_augmentation
@@ -83,11 +85,14 @@ def splits_path(cache_root: Path, index: DatasetIndex, cfg: Config) -> Path:
 
 
 def _check_out(out: Path, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "run folder is a file")
+    check_unlocked(out)  # a run writing this folder right now: fail at once, before any work
     if resume:
         if not (out / "config.yaml").exists():
             raise InputError(out, "nothing to resume: no config.yaml in this run folder")
         return
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
         raise InputError(out, "run folder exists and is not empty (use --resume, or another --out)")
 
 
@@ -108,8 +113,7 @@ def prepare_training(
     refuse_overlap([out], [data, *(unlabeled or [])])
     if check_out:
         _check_out(out, resume)
-    if cfg is None:
-        cfg = load_config(out / "config.yaml")
+    cfg = load_config(out / "config.yaml") if cfg is None else validate_config(cfg)
     if cfg.train.init_from and not resume and not Path(cfg.train.init_from).is_file():
         raise InputError(cfg.train.init_from, "train.init_from: checkpoint not found")
     index = load_dataset(data, unlabeled_dirs=list(unlabeled or []))
@@ -225,10 +229,11 @@ def train_run(
     cfg, tdata, info = distributed.prepare_on_ranks(prepare_training, cfg, data, out, unlabeled, resume,
                                                     progress)
     fresh = not out.exists()
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
+    lock = distributed.collective(lambda: _lock_run_folder(out, resume) if main else None)
     try:
         if main:
+            for tmp in out.glob(".checkpoint_*.pt.*.tmp"):  # a checkpoint write a kill cut short
+                tmp.unlink()
             cfg.save(out / "config.yaml")
             _write_json(out / "dataset_info.json", info)
             _write_json(out / "splits.json",
@@ -243,10 +248,32 @@ def train_run(
     except TrainingDiverged as exc:
         raise SystemExit(f"error: {out}: {exc}" if main else 1) from None
     except BaseException:
+        if lock is not None:
+            lock.release()
         if main and fresh and not (out / "checkpoint_last.pt").exists():
             shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping from a run that never saved
         raise
+    finally:
+        if lock is not None:
+            lock.release()
     return result
+
+
+def _lock_run_folder(out: Path, resume: bool) -> RunLock:
+    """Create ``out`` and take its lock (one writer per run folder: a second train/--resume fails); the
+    run folder is checked again under the lock, as another run may have written it meanwhile. Rank 0
+    only under torchrun."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(out, f"cannot create the run folder ({exc.strerror or exc})") from None
+    lock = RunLock(out).acquire()
+    try:
+        _check_out(out, resume)
+    except InputError:
+        lock.release()  # outside the try below: a folder another run filled is never removed
+        raise
+    return lock
 
 
 def _write_json(path: Path, obj: Any) -> None:

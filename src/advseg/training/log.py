@@ -30,7 +30,11 @@ class TrainingLog:
         self.path = Path(path) if path is not None else None
         self.rows: list[dict[str, Any]] = []
         if self.path is not None and self.path.exists():
-            self.rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            for line in self.path.read_text().splitlines():
+                try:
+                    self.rows.append(json.loads(line))
+                except json.JSONDecodeError:  # a line torn by a kill mid-append: its work is lost anyway
+                    continue
 
     def truncate(self, iteration: int) -> None:
         """Drop rows written after ``iteration`` (they belong to work lost in a crash)."""

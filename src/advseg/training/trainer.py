@@ -45,6 +45,7 @@ from advseg.losses import build_loss
 from advseg.networks.factory import build_network, channels_last_input, to_channels_last
 from advseg.training import distributed
 from advseg.training.checkpoint import (
+    CHECKPOINT_FORMAT,
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
@@ -499,7 +500,7 @@ class Trainer:
         are rank 0's, so a one-process resume or tool reads the checkpoint as before)."""
         mine = self.rank_state()
         state: dict[str, Any] = {
-            "format": "advseg-checkpoint-1",
+            "format": CHECKPOINT_FORMAT,
             "iteration": self.iteration,
             "best_score": self.best_score,
             "best_iteration": self.best_iteration,
@@ -537,6 +538,7 @@ class Trainer:
             o.load_state_dict(state["optimizers"][k])
         for k, s in self.scheds.items():
             s.load_state_dict(state["schedulers"][k])
+            self._retarget_schedule(k, s)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         mine = self._own_rank_state(state)
@@ -554,6 +556,20 @@ class Trainer:
                 self.data.unlabeled.load_state_dict(mine["data"]["unlabeled"])
             self.load_extra_state(mine.get("extra", {}))
         self.log.truncate(self.iteration)
+
+    def _retarget_schedule(self, name: str, sched: torch.optim.lr_scheduler.LRScheduler) -> None:
+        """A run resumed with more (or fewer) ``train.iterations`` than it was started with: the
+        polynomial decay is re-aimed at the new end, ``lr = base (1 - t / T_new)^p`` from the current
+        iteration (the checkpoint's scheduler would otherwise end at the old T, at learning rate 0)."""
+        total = max(1, self.cfg.train.iterations)
+        if getattr(sched, "total_iters", total) == total:
+            return
+        sched.total_iters = total
+        t = min(self.iteration, total)
+        factor = (1.0 - t / total) ** self.cfg.train.poly_power
+        for group, base in zip(self.optims[name].param_groups, sched.base_lrs, strict=True):
+            group["lr"] = base * factor
+        sched._last_lr = [g["lr"] for g in self.optims[name].param_groups]
 
     def extra_state(self) -> dict[str, Any]:
         """Hook: variant state that is not a network/optimizer (e.g. a collapse monitor)."""
@@ -608,7 +624,8 @@ class Trainer:
         another number of ranks continues, but not bit-for-bit)."""
         path = Path(path) if path else self.run_dir / "checkpoint_last.pt"
         state = self._load_on_main(path, missing_ok=True)
-        if state is None:
+        if state is None:  # killed before its first checkpoint: start again, log included
+            self.log.truncate(0)
             return False
         saved = int(state.get("world_size", 1))
         if saved != self.world_size and self.is_main:
