@@ -143,15 +143,11 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
-def _flag_device() -> torch.device:
-    return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
-
-
 def any_rank(flag: bool) -> bool:
     """True on every rank when ``flag`` is true on at least one (all-reduce MAX of one number)."""
     if world_size() == 1:
         return bool(flag)
-    t = torch.tensor([1.0 if flag else 0.0], device=_flag_device())
+    t = torch.tensor([1.0 if flag else 0.0])  # CPU tensors go through gloo, also on a CUDA machine
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
 
@@ -161,9 +157,7 @@ def all_reduce_sum(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     if world_size() == 1:
         return tensors
     flat = torch.cat([t.detach().reshape(-1).double() for t in tensors])
-    dev = flat.device if flat.device.type == "cuda" or not torch.cuda.is_available() else _flag_device()
-    flat = flat.to(dev)
-    dist.all_reduce(flat)
+    dist.all_reduce(flat)  # on the tensors' device: gloo for CPU, NCCL for CUDA tensors
     out, i = [], 0
     for t in tensors:
         out.append(flat[i : i + t.numel()].reshape(t.shape).to(device=t.device, dtype=t.dtype))
