@@ -197,3 +197,14 @@ def test_tiny_semi_adversarial_run_logs_the_diagnostics(tiny_run: Path) -> None:
         assert r["t_semi"] == 0.2  # the study's fixed threshold
         assert sum(r["d_reliability_counts"]) == r["roi_voxels"] > 0
     assert (tiny_run / "learning_curves.png").stat().st_size > 0
+
+
+def test_softmax_mask_preset_is_the_study_with_a_calibrated_max_softmax_mask() -> None:
+    from advseg.config import load_preset
+    from advseg.training.variants import trainer_class
+
+    seed, better = load_preset("res_unet_aux_adv_semi"), load_preset("res_unet_aux_adv_semi_softmax")
+    assert trainer_class(better) is AdversarialTrainer
+    assert (better.adversarial.mask_source, better.adversarial.t_semi) == ("softmax", "auto")
+    assert (seed.adversarial.mask_source, seed.adversarial.t_semi) == ("d", 0.2)  # the paper's form
+    assert better.adversarial.lambda_semi == seed.adversarial.lambda_semi and better.adversarial.semi
