@@ -15,10 +15,7 @@ and the dataset is assembled beside ``OUT`` and renamed into place, so an error 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,7 @@ import numpy as np
 
 from advseg.errors import InputError
 from advseg.io import Volume, write_volume
+from advseg.io.atomic import atomic_dir
 from advseg.io.dicom.names import load_synonyms, match_rois, parse_structures
 from advseg.io.dicom.rtstruct import StructureSet, rasterise_roi, read_rtstruct
 from advseg.io.dicom.series import CTSeries, build_series, scan_folder, series_order
@@ -190,9 +188,7 @@ def import_dicom(
         label_maps[name] = lab
         roi_map[name] = matched
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with atomic_dir(out) as tmp:
         training, unlabeled, index = [], [], {}
         for name, s in zip(names, ordered, strict=True):
             vol = s.read()
@@ -234,11 +230,4 @@ def import_dicom(
         }
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
         (tmp / "dicom_index.json").write_text(json.dumps(index, indent=2) + "\n")
-        os.chmod(tmp, 0o755)
-        if out.is_dir():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return result

@@ -29,9 +29,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +36,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from advseg.errors import InputError
+from advseg.io.atomic import atomic_dir
 
 LABELS: dict[int, str] = {
     0: "background",
@@ -130,9 +128,7 @@ def write_phantom_dataset(
 
     from advseg.io import Volume, write_volume  # io registers its formats on import
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with atomic_dir(out) as tmp:
         training, unlabeled_list, test_list = [], [], []
         plan = [
             ("labeled", labeled, "phantom_{:03d}", "imagesTr", "labelsTr"),
@@ -175,13 +171,6 @@ def write_phantom_dataset(
             "phantom": {"seed": int(seed), "shape": list(shape)},
         }
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the dataset is an ordinary folder
-        if out.is_dir():
-            out.rmdir()  # validated empty; rename cannot replace a folder on every platform
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -10,6 +10,7 @@ one :class:`~advseg.errors.InputError` naming the file.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,6 +47,26 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
 
 def _reason(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path`` to fill; rename it onto ``path`` when the ``with`` block
+    finishes, delete it whole if the block raises. ``path`` must not exist or be an empty folder (the
+    caller checks): a dataset or a DICOM series appears complete or not at all. The folder gets the
+    permissions of a normal new folder (``0777`` minus the umask), not ``mkdtemp``'s private ``0700``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        if path.is_dir():
+            path.rmdir()  # empty (checked by the caller); a rename cannot replace a folder everywhere
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

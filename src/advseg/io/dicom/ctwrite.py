@@ -10,18 +10,16 @@ row direction is ``A_LPS``'s first column, the column direction its second, slic
 from __future__ import annotations
 
 import datetime as _dt
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 from advseg.errors import InputError
+from advseg.io.atomic import atomic_dir
 from advseg.io.base import Volume
-from advseg.io.dicom.series import CT_IMAGE_STORAGE, LPS_TO_RAS
+from advseg.io.dicom.series import CT_IMAGE_STORAGE, LPS_TO_RAS, new_dataset
 
 
 def write_ct_series(
@@ -62,9 +60,7 @@ def write_ct_series(
     series_uid = generate_uid()
     now = _dt.datetime.now()
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
-    try:
+    with atomic_dir(folder) as tmp:
         paths = []
         for k in range(stored.shape[0]):
             ds = _slice(stored[k], a, k, (sx, sy, sz), row, col)
@@ -84,13 +80,6 @@ def write_ct_series(
             path = tmp / f"CT_{k:04d}.dcm"
             ds.save_as(path, enforce_file_format=True)
             paths.append(folder / path.name)
-        os.chmod(tmp, 0o755)
-        if folder.is_dir():
-            folder.rmdir()
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return paths
 
 
@@ -100,16 +89,7 @@ def _ds(v: float) -> str:
 
 
 def _slice(pixels: np.ndarray, a: np.ndarray, k: int, spacing, row, col) -> Dataset:
-    sop_uid = generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID, ds.SOPInstanceUID = CT_IMAGE_STORAGE, sop_uid
+    ds = new_dataset(CT_IMAGE_STORAGE)
     ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
     ds.Modality = "CT"
     ds.Manufacturer = "advseg"

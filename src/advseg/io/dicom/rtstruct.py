@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from advseg.errors import InputError
 from advseg.io.atomic import atomic_path
-from advseg.io.dicom.series import CT_IMAGE_STORAGE, RTSTRUCT_STORAGE, CTSeries
+from advseg.io.dicom.series import CT_IMAGE_STORAGE, RTSTRUCT_STORAGE, CTSeries, new_dataset
 
 STUDY_COMPONENT_SOP_CLASS = "1.2.840.10008.3.1.2.3.1"  # what RTReferencedStudySequence items reference
 # Distinct ROI colours (RGB): TPSs show every organ in its own colour.
@@ -281,17 +281,8 @@ def write_rtstruct(
     ref = series.headers[0]
     now = _dt.datetime.now()
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-    sop_uid = generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = RTSTRUCT_STORAGE
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SpecificCharacterSet = ref.get("SpecificCharacterSet", "ISO_IR 100")
+    ds = new_dataset(RTSTRUCT_STORAGE, ref.get("SpecificCharacterSet", "ISO_IR 100"))
     ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
-    ds.SOPClassUID, ds.SOPInstanceUID = RTSTRUCT_STORAGE, sop_uid
     # Patient and General Study modules: the CT's own, so the TPS files the structures with it.
     for kw in (
         "PatientName",

@@ -23,14 +23,31 @@ from typing import Any
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
 from advseg.errors import InputError
 from advseg.io.base import Volume
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
+
+
+def new_dataset(sop_class_uid: str, charset: str = "ISO_IR 100") -> Dataset:
+    """An empty DICOM object to write: file meta (explicit VR little endian, pydicom's implementation
+    UID), a new SOP Instance UID, the SOP Class UID and the character set."""
+    sop_uid = generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = charset
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class_uid, sop_uid
+    return ds
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # Slice spacing may jitter by float rounding in real exports (1e-3 mm); a missing slice is a 100 % jump.
 SPACING_TOLERANCE = 0.01  # relative to the median spacing
