@@ -1,7 +1,7 @@
 """Seconds per training iteration and peak memory: supervised vs adversarial vs semi-adversarial.
 
     python benchmarks/train_step.py [--size cpu] [--steps 10] [--threads 2] [--device cpu]
-        [--method NAME ...] [--set KEY=VALUE ...]
+        [--method NAME[@KEY=VALUE;KEY=VALUE] ...] [--set KEY=VALUE ...]
 
 The same S-net (``res_unet_aux`` at the chosen size preset) is trained by the three trainers of the
 pelvic study's ablation ladder on random 16-slice slabs of a small phantom set. Each trainer runs in a
@@ -35,8 +35,10 @@ def _measure(
     from advseg.training.variants import trainer_class
 
     torch.set_num_threads(threads)
+    preset, _, own = method.partition("@")  # NAME@key=value;key=value: overrides of this method only
+    extra = [*extra, *(kv for kv in own.split(";") if kv)]
     cfg = apply_overrides(
-        load_preset(f"{method}+{size}"),
+        load_preset(f"{preset}+{size}"),
         [
             "adversarial.pretrain_iterations=0",
             "adversarial.unlabeled_prob=1.0",
@@ -81,7 +83,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--method", action="append", help="method preset (repeatable; default: the ladder)")
+    ap.add_argument("--method", action="append",
+                    help="method preset (repeatable; default: the ladder); NAME@key=value;key=value adds "
+                         "overrides for that method alone, e.g. "
+                         "res_unet_aux_adv_semi@adversarial.joint_forward=true")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
@@ -137,7 +142,7 @@ def main() -> None:
     for r in results:
         extra = f", CUDA peak {r['cuda_peak_MiB']:.0f} MiB" if "cuda_peak_MiB" in r else ""
         print(
-            f"{r['method']:>22}: {r['seconds_median']:.3f} s/step ({r['seconds_median'] / base:.2f}x), "
+            f"{r['method']:>40}: {r['seconds_median']:.3f} s/step ({r['seconds_median'] / base:.2f}x), "
             f"peak RSS {r['peak_rss_MiB']:.0f} MiB (+{r['train_rss_growth_MiB']:.0f} MiB in training){extra}"
         )
 

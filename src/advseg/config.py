@@ -272,6 +272,9 @@ class MeanTeacherConfig:
 class TrainConfig:
     iterations: int = param(40000, ge(1))
     batch_size: int = param(2, ge(1))
+    # patches per unlabeled batch (semi-supervised methods); None: batch_size. Fewer make a
+    # semi-supervised step cheaper (issue 10's overhead lever)
+    unlabeled_batch_size: int | None = param(None, ge(1))
     lr: float = param(5e-4, gt(0))
     weight_decay: float = param(0.0, ge(0))
     poly_power: float = param(0.9, ge(0))

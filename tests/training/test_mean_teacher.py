@@ -54,3 +54,12 @@ def test_resume_is_exact_including_the_teacher(tiny_phantom: Path, tmp_path: Pat
     for net in ("S", "T"):
         for k, v in sa["nets"][net].items():
             assert torch.equal(v, sb["nets"][net][k]), (net, k)
+
+
+def test_unlabeled_batch_size(tiny_phantom: Path, tmp_path: Path) -> None:
+    from advseg.training.api import prepare_training
+
+    cfg = _cfg("train.batch_size=2", "train.unlabeled_batch_size=1")
+    _, data, _ = prepare_training(cfg, tiny_phantom, tmp_path / "run", progress=False)
+    assert data.labeled.next()["image"].shape[0] == 2
+    assert data.unlabeled.next()["image"].shape[0] == 1

@@ -170,7 +170,7 @@ def prepare_training(
         )
         unlabeled_src = BatchSource(
             PatchDataset(u_imgs, None, patch, 0.0, augment_u, seed=cfg.train.seed + 1, names=unl_names),
-            cfg.train.batch_size,
+            cfg.train.unlabeled_batch_size or cfg.train.batch_size,
         )
     elif cfg.uses_unlabeled:
         raise InputError(
