@@ -93,6 +93,7 @@ def _assert_same_tensors(a: Any, b: Any, where: str = "") -> int:
 SEGMENTATION = {
     "supervised": ("res_unet_aux+tiny", 8),
     "semi_adversarial": ("res_unet_aux_adv_semi+tiny", 8),
+    "mean_teacher": ("mean_teacher+tiny", 8),  # the teacher (nets.T) must come back exactly too
 }
 
 
