@@ -408,3 +408,17 @@ def test_joint_forward_gives_the_same_terms_in_eval_mode_batch_norm(tmp_path: Pa
                                                           "semi_fraction"}
     for k in terms[False]:
         assert terms[True][k] == pytest.approx(terms[False][k], rel=1e-4, abs=1e-6), k
+
+
+def test_errors_target_d_logs_and_monitors_the_wrong_voxels(tmp_path: Path) -> None:
+    from advseg.training.variants.adversarial import AdversarialTrainer
+
+    cfg = _cfg("res_unet_aux_adv", "adversarial.d_target=errors")
+    trainer = AdversarialTrainer(cfg, tmp_path, _memory_data(cfg, semi=False))
+    batch = trainer.next_labeled()
+    fake = torch.nn.functional.one_hot(batch["label"].long(), 6).movedim(-1, 1).float()
+    assert "d_fake_wrong" not in trainer.discriminator_step(batch, fake)  # S right everywhere
+    fake[:, :, 0] = 0
+    fake[:, 0, 0] = 1
+    logs = trainer.discriminator_step(batch, fake)
+    assert 0 <= logs["d_fake_wrong"] <= 1 and 0 <= logs["d_real_wrong"] <= 1

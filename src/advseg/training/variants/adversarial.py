@@ -228,7 +228,11 @@ class AdversarialTrainer(Trainer):
         logs["loss_s"] = float(loss_s.detach())
         logs["unlabeled"] = int(unl is not None)
         logs.update(d_logs)
-        warning = self.monitor.update(d_logs["loss_d"], d_logs["d_real"], d_logs["d_fake"])
+        warning = None
+        if self.cfg.adversarial.d_target != "errors":
+            warning = self.monitor.update(d_logs["loss_d"], d_logs["d_real"], d_logs["d_fake"])
+        elif "d_fake_wrong" in d_logs:  # a batch where S made no error says nothing about D
+            warning = self.monitor.update(d_logs["loss_d"], d_logs["d_real_wrong"], d_logs["d_fake_wrong"])
         if warning and self.is_main:
             # One line on stderr (logging's last-resort handler), not a Python warning with source lines.
             logger.warning("warning: iteration %d: %s", self.iteration + 1, warning)
@@ -252,11 +256,19 @@ class AdversarialTrainer(Trainer):
             loss_d = discriminator_loss(d_real, d_fake, real_target, fake_target)
         self.check_finite({"loss_d": loss_d})
         self.step_optimizer("D", loss_d)
-        return {
+        logs = {
             "loss_d": float(loss_d.detach()),
             "d_real": float(torch.sigmoid(d_real.detach().float()).mean()),
             "d_fake": float(torch.sigmoid(d_fake.detach().float()).mean()),
         }
+        if a.d_target == "errors":
+            # such a D should call S's map real almost everywhere: what tells whether it still works is
+            # its confidence on the voxels where S is wrong (the collapse monitor watches these)
+            wrong = ~right
+            if bool(wrong.any()):
+                logs["d_real_wrong"] = float(torch.sigmoid(d_real.detach().float())[wrong].mean())
+                logs["d_fake_wrong"] = float(torch.sigmoid(d_fake.detach().float())[wrong].mean())
+        return logs
 
     def confidence_map(self, image: np.ndarray, probs: torch.Tensor) -> np.ndarray | None:
         """sigmoid(D(.)) of S's prediction on a whole preprocessed volume, ``(Z, Y, X)`` in [0, 1], fed to
