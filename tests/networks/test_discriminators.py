@@ -264,3 +264,29 @@ def test_spectral_norm_and_decoder_options_of_make_discriminator() -> None:
     assert net(torch.randn(1, 3, 8, 8, 8)).shape == (1, 1, 8, 8, 8)
     with pytest.raises(ValueError, match="d_decoder is an option of the fcn"):
         make_discriminator(replace(cfg, discriminator="image"), 3, 1, 3)
+
+
+def test_downsampled_input_d_sees_a_pooled_input_and_answers_at_full_size() -> None:
+    from dataclasses import replace
+
+    from advseg.config import AdversarialConfig
+    from advseg.networks.discriminators import DownsampledInput, make_discriminator
+
+    cfg = replace(AdversarialConfig(), d_channels=[4, 8], d_downsample=2)
+    net = make_discriminator(cfg, 3, 1, 3)
+    assert isinstance(net, DownsampledInput)
+    seen = {}
+    def record(module, args):
+        seen.setdefault("shape", tuple(args[0].shape))  # returns None: the input is left as it is
+
+    net.net.register_forward_pre_hook(record)
+    x = torch.randn(2, 3, 16, 24, 15)
+    assert net(x).shape == (2, 1, 16, 24, 15)
+    assert seen["shape"] == (2, 3, 8, 12, 8)  # ceil(15 / 2) = 8
+    # pooling averages: a constant input reaches the inner D as the same constant on the coarse grid
+    c = torch.full((1, 3, 8, 8, 8), 0.5)
+    coarse = net.net(torch.full((1, 3, 4, 4, 4), 0.5))
+    expected = torch.nn.functional.interpolate(coarse, size=(8, 8, 8), mode="trilinear", align_corners=False)
+    assert torch.allclose(net(c), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="d_downsample is an option of the per-voxel"):
+        make_discriminator(replace(cfg, discriminator="image"), 3, 1, 3)

@@ -259,6 +259,22 @@ class FCDiscriminator(nn.Module):
         return self.classifier(h)
 
 
+class DownsampledInput(nn.Module):
+    """Any per-voxel D applied to its input average-pooled by ``factor`` in every spatial dimension,
+    its logits up-sampled (trilinear) back to the input's size: ``factor^3`` fewer voxels through D
+    (``adversarial.d_downsample``), the cheap D of issue 10's overhead lever. ``(B, C, *spatial)`` ->
+    ``(B, 1, *spatial)`` logits."""
+
+    def __init__(self, net: nn.Module, spatial_dims: int, factor: int) -> None:
+        super().__init__()
+        self.net, self.spatial_dims, self.factor = net, spatial_dims, int(factor)
+        self.pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[spatial_dims]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        small = self.pool(x, self.factor, self.factor, ceil_mode=True)
+        return _upsample_to(self.net(small), x.shape[2:], self.spatial_dims)
+
+
 def spectral_normalized(module: nn.Module) -> nn.Module:
     """``module`` with spectral normalisation (Miyato et al. 2018) on every convolution and linear layer:
     each weight is divided by its largest singular value (one power iteration per forward pass), which
@@ -454,4 +470,11 @@ def make_discriminator(
         net = FusionDiscriminator(spatial_dims, cin, channels, norm=norm)
     if cfg.d_decoder and cfg.discriminator != "fcn":
         raise ValueError(f"d_decoder is an option of the fcn discriminator, not of '{cfg.discriminator}'")
-    return spectral_normalized(net) if cfg.d_spectral_norm else net
+    if cfg.d_spectral_norm:
+        net = spectral_normalized(net)
+    if cfg.d_downsample > 1:
+        if cfg.discriminator not in ("fcn", "dcgan2d"):
+            raise ValueError(f"d_downsample is an option of the per-voxel discriminators, not of "
+                             f"'{cfg.discriminator}'")
+        net = DownsampledInput(net, spatial_dims, cfg.d_downsample)
+    return net
