@@ -422,3 +422,21 @@ def test_errors_target_d_logs_and_monitors_the_wrong_voxels(tmp_path: Path) -> N
     fake[:, 0, 0] = 1
     logs = trainer.discriminator_step(batch, fake)
     assert 0 <= logs["d_fake_wrong"] <= 1 and 0 <= logs["d_real_wrong"] <= 1
+
+
+def test_softmax_mask_without_unlabeled_adversarial_term_skips_d_on_the_unlabeled_batch(
+    tmp_path: Path,
+) -> None:
+    from advseg.training.variants.adversarial import AdversarialTrainer
+
+    cfg = _cfg("res_unet_aux_adv_semi_softmax", "adversarial.lambda_adv_unlabeled=0.0",
+               "adversarial.pretrain_iterations=0", "adversarial.unlabeled_prob=1.0")
+    trainer = AdversarialTrainer(cfg, tmp_path, _memory_data(cfg, semi=True))
+    calls = []
+    real = trainer.d_forward
+    trainer.d_forward = lambda *a, **k: calls.append(a[0].shape[0]) or real(*a, **k)
+    terms, logs, _ = trainer.segmenter_losses(trainer.next_labeled(), trainer.next_unlabeled())
+    assert len(calls) == 1  # D on the labeled batch only
+    assert "loss_adv_u" not in terms and "loss_semi" in terms and 0 <= logs["semi_fraction"] <= 1
+    with_term = apply_overrides(cfg, ["adversarial.lambda_adv_unlabeled=0.001"])
+    assert AdversarialTrainer(with_term, tmp_path / "b", _memory_data(with_term, semi=True))._needs_d_u()

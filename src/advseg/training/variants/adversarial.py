@@ -155,15 +155,16 @@ class AdversarialTrainer(Trainer):
             d_l = self.d_forward(batch["image"], fake)
             if unl is not None:
                 logits_u = main_logits(s_net(unl["image"]))
-                d_u = self.d_forward(unl["image"], self.fake_labels(logits_u))
+                d_u = self.d_forward(unl["image"], self.fake_labels(logits_u)) if self._needs_d_u() else None
         terms = {"loss_vox": self.loss_vox(out, batch["label"])}
         terms["loss_adv"] = adversarial_loss_s(d_l)
         weights = {"loss_vox": 1.0, "loss_adv": a.lambda_adv}
         logs: dict[str, float] = {}
         if unl is not None:
-            terms["loss_adv_u"] = adversarial_loss_s(d_u)
-            weights["loss_adv_u"] = a.lambda_adv_unlabeled
-            loss_semi, frac = self.semi_loss(logits_u.float(), d_u.detach())
+            if d_u is not None:
+                terms["loss_adv_u"] = adversarial_loss_s(d_u)
+                weights["loss_adv_u"] = a.lambda_adv_unlabeled
+            loss_semi, frac = self.semi_loss(logits_u.float(), None if d_u is None else d_u.detach())
             terms["loss_semi"] = loss_semi
             weights["loss_semi"] = a.lambda_semi
             logs["semi_fraction"] = float(frac)
@@ -171,10 +172,21 @@ class AdversarialTrainer(Trainer):
         self._weights = weights
         return terms, logs, fake.detach()
 
-    def semi_loss(self, logits_u: torch.Tensor, d_u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hook: L_semi on an unlabeled batch from S's logits and D's (detached) logits on S's output;
-        returns ``(loss, fraction of voxels passing the confidence threshold)``. The voxels are those
-        whose confidence (``mask_source``: D's, or S's max-softmax) exceeds the threshold in use,
+    def _needs_d_u(self) -> bool:
+        """Whether S's step needs D on the unlabeled batch: for L_adv_u (``lambda_adv_unlabeled > 0``)
+        or for a D-based mask. With ``lambda_adv_unlabeled: 0`` and the max-softmax mask of this class's
+        own L_semi, D is skipped there (one D pass forward and backward less per semi step)."""
+        a = self.cfg.adversarial
+        own_semi = type(self).semi_loss is AdversarialTrainer.semi_loss
+        return a.lambda_adv_unlabeled > 0 or a.mask_source != "softmax" or not own_semi
+
+    def semi_loss(
+        self, logits_u: torch.Tensor, d_u: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hook: L_semi on an unlabeled batch from S's logits and D's (detached) logits on S's output
+        (None when :meth:`_needs_d_u` is false, i.e. for the max-softmax mask); returns ``(loss,
+        fraction of voxels passing the confidence threshold)``. The voxels are those whose confidence
+        (``mask_source``: D's, S's max-softmax, or their product) exceeds the threshold in use,
         :attr:`t_semi`."""
         source = self.cfg.adversarial.mask_source
         if source == "softmax":
