@@ -427,7 +427,10 @@ def test_unfinished_cell_and_bad_result_file(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not a finished experiment cell"):
         cell_result(tmp_path)
     (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "x.json").write_text("{broken")
+    (tmp_path / "m" / "x.json").write_text("{broken")  # outside the <method>/<level>/ layout: not read
+    assert read_results(tmp_path) == []
+    (tmp_path / "m" / "n8").mkdir()
+    (tmp_path / "m" / "n8" / "seed0_fold0.json").write_text("{broken")
     with pytest.raises(InputError, match="not JSON"):
         read_results(tmp_path)
 

@@ -118,6 +118,10 @@ def _torch_threads() -> int | None:
         return None
 
 
+#: where :func:`result_path` puts a cell's file, as a glob below the results folder
+RESULT_GLOB = "*/*/seed*_fold*.json"
+
+
 def result_path(results: str | Path, cell: dict[str, Any]) -> Path:
     """``<results>/<method>/<level label>/seed<S>_fold<F>.json``."""
     name = f"seed{cell['seed']}_fold{cell['fold']}.json"
@@ -136,7 +140,7 @@ def read_results(results: str | Path) -> list[dict[str, Any]]:
     """Every cell-result document under ``results`` (sorted by path). Raises on a malformed file."""
     root = Path(results)
     docs = []
-    for path in sorted(root.rglob("*.json")):
+    for path in sorted(root.glob(RESULT_GLOB)):
         try:
             doc = json.loads(path.read_text())
         except ValueError as exc:
@@ -152,10 +156,12 @@ def read_results(results: str | Path) -> list[dict[str, Any]]:
 
 
 def is_results_folder(path: str | Path) -> bool:
+    """Whether ``path`` holds cell-result files in their layout (not a matrix or run folder). Only the
+    files where :func:`result_path` writes are opened, and only until the first one is found."""
     root = Path(path)
     if not root.is_dir() or (root / "matrix.json").is_file() or (root / "config.yaml").is_file():
         return False
-    for p in root.rglob("*.json"):
+    for p in root.glob(RESULT_GLOB):
         try:
             if json.loads(p.read_text()).get("format") == RESULT_FORMAT:
                 return True

@@ -129,6 +129,12 @@ def check_output_file(path: PathLike, overwrite: bool = False) -> None:
         raise InputError(path, "output file exists; choose another name, or add --overwrite to replace it")
 
 
+def _relative(folder: Path, files: Iterable[PathLike]) -> set[str]:
+    """``files`` as the manifest lists them: ``/``-separated paths relative to ``folder``."""
+    root = folder.resolve(strict=False)
+    return {Path(f).resolve(strict=False).relative_to(root).as_posix() for f in files}
+
+
 def record_outputs(folder: PathLike, command: str, files: Iterable[PathLike]) -> None:
     """Add ``files`` (inside ``folder``) to the folder's manifest of ``command``'s outputs.
 
@@ -137,8 +143,7 @@ def record_outputs(folder: PathLike, command: str, files: Iterable[PathLike]) ->
     from advseg.io.atomic import atomic_write_text
 
     folder = Path(folder)
-    rel = {Path(f).resolve(strict=False).relative_to(folder.resolve(strict=False)).as_posix() for f in files}
-    listed = sorted(owned_files(folder, command) | rel)
+    listed = sorted(owned_files(folder, command) | _relative(folder, files))
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / MANIFEST, json.dumps({"command": command, "files": listed}, indent=1) + "\n")
 
@@ -148,6 +153,5 @@ def forget_outputs(folder: PathLike, command: str, files: Iterable[PathLike]) ->
     from advseg.io.atomic import atomic_write_text
 
     folder = Path(folder)
-    gone = {Path(f).resolve(strict=False).relative_to(folder.resolve(strict=False)).as_posix() for f in files}
-    listed = sorted(owned_files(folder, command) - gone)
+    listed = sorted(owned_files(folder, command) - _relative(folder, files))
     atomic_write_text(folder / MANIFEST, json.dumps({"command": command, "files": listed}, indent=1) + "\n")
