@@ -26,6 +26,13 @@ from advseg.config import _device, load_yaml_mapping
 from advseg.errors import InputError, InputErrors
 from advseg.io.atomic import atomic_write_text
 
+def _iterations_check(v: Any) -> str | None:
+    """``iterations_per_stage``: an integer >= 1, or a non-empty list of them (one per stage)."""
+    if isinstance(v, list):
+        return nonempty(v) or each(ge(1))(v)
+    return ge(1)(v)
+
+
 # Version of the saved gan_config.yaml layout (key ``config_version``); a newer one is refused.
 GAN_CONFIG_VERSION = 1
 
@@ -41,7 +48,8 @@ class GANConfig:
         channels: feature maps of each stage (generator block ``s`` outputs ``channels[s]``; the
             discriminator mirrors it).
         latent_channels: channels of the ``2 x 2 x 2`` noise input (latent size = 8 x this).
-        iterations_per_stage: generator steps per stage (one discriminator step each).
+        iterations_per_stage: generator steps per stage (one discriminator step each): one value for
+            every stage, or one per stage (cheap low-resolution stages can train longer).
         fade_fraction: share of a stage (after the first) over which the new blocks fade in, alpha
             rising linearly from 0 to 1; the rest of the stage trains at alpha = 1.
         batch_sizes: one per stage, or a single value for all.
@@ -68,7 +76,7 @@ class GANConfig:
                                     each(length(3), each(ge(1))))
     channels: list[int] = param([32, 32, 16, 8], each(ge(1)))  # one per stage
     latent_channels: int = param(32, ge(1))
-    iterations_per_stage: int = param(200, ge(1))
+    iterations_per_stage: int | list[int] = param(200, _iterations_check)
     fade_fraction: float = param(0.5, prob)
     batch_sizes: list[int] = param([8, 8, 8, 4], nonempty, each(ge(1)))  # 1 or one per stage
     lr: float = param(1e-3, gt(0))
@@ -104,9 +112,18 @@ class GANConfig:
     def batch_size(self, stage: int) -> int:
         return self.batch_sizes[stage] if len(self.batch_sizes) > 1 else self.batch_sizes[0]
 
+    def iterations(self, stage: int) -> int:
+        """Generator steps of ``stage``."""
+        ips = self.iterations_per_stage
+        return ips[stage] if isinstance(ips, list) else ips
+
+    @property
+    def total_iterations(self) -> int:
+        return sum(self.iterations(s) for s in range(len(self.stages)))
+
     def fade_iterations(self, stage: int) -> int:
         """Iterations of fade-in at ``stage`` (0 for the first stage, which has nothing to fade)."""
-        return 0 if stage == 0 else int(round(self.fade_fraction * self.iterations_per_stage))
+        return 0 if stage == 0 else int(round(self.fade_fraction * self.iterations(stage)))
 
     def alpha(self, stage: int, iteration: int) -> float:
         """Fade-in weight at 0-based ``iteration`` of ``stage``: linear 0 -> 1, then 1."""
@@ -135,6 +152,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "crop_xy": 384,
         "checkpoint_every": 1000,
     },
+    "cpu": {
+        "name": "cpu",
+        "stages": [[4, 4, 4], [4, 8, 8], [8, 16, 16], [16, 32, 32], [32, 64, 64]],
+        "channels": [64, 64, 32, 16, 8],
+        "latent_channels": 32,
+        "iterations_per_stage": [1500, 1500, 1500, 1500, 600],
+        "batch_sizes": [16, 16, 8, 8, 4],
+        "checkpoint_every": 250,
+    },
 }
 
 
@@ -155,6 +181,10 @@ def gan_config_problems(cfg: GANConfig, where: str = "GAN config") -> list[Input
                 break
         if len(cfg.channels) != len(stages):
             found.append(("channels", f"expected {len(stages)} values (one per stage), got {cfg.channels}"))
+        ips = cfg.iterations_per_stage
+        if isinstance(ips, list) and len(ips) != len(stages):
+            found.append(("iterations_per_stage", f"expected one value or {len(stages)} (one per stage), "
+                                                  f"got {ips}"))
         if len(cfg.batch_sizes) not in (1, len(stages)):
             found.append(("batch_sizes", f"expected 1 or {len(stages)} values, got {cfg.batch_sizes}"))
     return [InputError(where, f"{key}: {problem}") for key, problem in found]

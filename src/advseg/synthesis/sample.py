@@ -35,7 +35,7 @@ def load_generator(gan_dir: str | Path, device: str = "auto") -> tuple[Generator
     cfg = gan_config_from_dict(state["config"], str(path))
     if not is_finished(state):
         raise InputError(path, f"training stopped at stage {state['stage'] + 1} of {len(cfg.stages)}, "
-                               f"iteration {state['iteration']} of {cfg.iterations_per_stage}: finish it "
+                               f"iteration {state['iteration']} of {cfg.iterations(state['stage'])}: finish it "
                                "with 'advseg synthesize train --resume'")
     g = Generator(cfg.stages, cfg.channels, cfg.latent_channels)
     g.load_state_dict(state["generator_ema"])

@@ -103,7 +103,8 @@ def load_state(path: Path, map_location: str | torch.device = "cpu") -> dict[str
 
 def is_finished(state: dict[str, Any]) -> bool:
     cfg = gan_config_from_dict(state["config"])
-    return state["stage"] == len(cfg.stages) - 1 and state["iteration"] >= cfg.iterations_per_stage
+    last = len(cfg.stages) - 1
+    return state["stage"] == last and state["iteration"] >= cfg.iterations(last)
 
 
 # -- one iteration ----------------------------------------------------------------------------------
@@ -355,7 +356,7 @@ def train_gan(data: str | Path, out: str | Path, cfg: GANConfig | None = None, r
     if state is not None:
         trainer.load(state)
         stage, it, step, elapsed = state["stage"], state["iteration"], state["step"], state["elapsed_s"]
-        if it >= cfg.iterations_per_stage:  # the saved stage was complete: the next one starts fresh
+        if it >= cfg.iterations(stage):  # the saved stage was complete: the next one starts fresh
             stage, it = stage + 1, 0
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -368,7 +369,7 @@ def train_gan(data: str | Path, out: str | Path, cfg: GANConfig | None = None, r
             for tmp in out.glob("checkpoints/.*.pt.*.tmp"):  # a checkpoint write a kill cut short
                 tmp.unlink()
 
-        n_stages, ips = len(cfg.stages), cfg.iterations_per_stage
+        n_stages = len(cfg.stages)
         log_rows: list[dict[str, Any]] = []
         t0 = time.perf_counter() - elapsed
         done_here = 0
@@ -381,10 +382,12 @@ def train_gan(data: str | Path, out: str | Path, cfg: GANConfig | None = None, r
             log_rows.clear()
 
         with _progress(progress and main) as bar:
-            task = bar.add_task("PGGAN", total=n_stages * ips, completed=stage * ips + it)
+            task = bar.add_task("PGGAN", total=cfg.total_iterations,
+                                completed=sum(cfg.iterations(s) for s in range(stage)) + it)
             while stage < n_stages:
                 if it == 0 or trainer.opt_g is None:
                     trainer.new_optimizers()
+                ips = cfg.iterations(stage)
                 while it < ips:
                     alpha = cfg.alpha(stage, it)
                     losses = trainer.step(stage, alpha)
