@@ -192,11 +192,26 @@ def test_report_with_a_fake_segmenter(trained_gan: Path, tiny_phantom: Path, tmp
     assert bladder["difference"]["std"] == pytest.approx(np.std(means), abs=1e-3)
     assert bladder["real"]["n"] == 4 and -100 < bladder["real"]["mean"] < 100  # ground truth, 4 labeled
     assert result["organs"]["prostate"]["synthetic"]["n"] == 0  # the fake model never says prostate
+    # Table I's HU error: |difference| per sample
+    errors = np.abs(np.array(means) - bladder["real"]["mean"])
+    assert bladder["hu_error"]["mean"] == pytest.approx(np.mean(errors), abs=1e-3)
+    # organs found: the fake model never labels the prostate: no sample (nor real test case) has every organ
+    found = result["organs_found"]
+    assert found["all"] == 0 and found["share"] == 0.0 and found["real_test_share"] == 0.0
+    assert result["organs"]["prostate"]["found"] == 0 and result["n_real_test"] == 2
+    assert result["organs"]["bladder"]["hu_error_real_test"]["n"] == 2  # S on the 2 real test volumes
+    assert found["min_volume_ml"]["bladder"] == pytest.approx(
+        0.25 * result["organs"]["bladder"]["volume_ml_real"]["mean"], rel=0.5)
+    # copy check: 3 samples against the 7 training images (labeled + unlabeled)
+    nn = result["nearest_neighbour"]
+    assert nn["sample"]["n"] == 3 and nn["training"]["n"] == 7
+    assert 0 <= nn["sample"]["min"] <= 2 and 0 < nn["training"]["min"] <= 2
+    assert 0 <= nn["closer_than_any_training_pair"] <= 3
     assert result["wasserstein_hu"] >= 0 and np.isfinite(result["wasserstein_hu"])
     for key in ("figure", "histogram_figure"):
         assert Path(result[key]).read_bytes()[:4] == b"\x89PNG"
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert "| bladder |" in md and "Wasserstein" in md
+    assert "| bladder |" in md and "Wasserstein" in md and "HU error" in md and "Copy check" in md
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no synth_"):
         synthesis_report(trained_gan, tmp_path / "model", tiny_phantom, tmp_path / "rep2",

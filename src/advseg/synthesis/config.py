@@ -26,6 +26,7 @@ from advseg.config import _device, load_yaml_mapping
 from advseg.errors import InputError, InputErrors
 from advseg.io.atomic import atomic_write_text
 
+
 def _iterations_check(v: Any) -> str | None:
     """``iterations_per_stage``: an integer >= 1, or a non-empty list of them (one per stage)."""
     if isinstance(v, list):

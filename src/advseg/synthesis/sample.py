@@ -34,8 +34,9 @@ def load_generator(gan_dir: str | Path, device: str = "auto") -> tuple[Generator
     state = load_state(path)
     cfg = gan_config_from_dict(state["config"], str(path))
     if not is_finished(state):
+        total = cfg.iterations(state["stage"])
         raise InputError(path, f"training stopped at stage {state['stage'] + 1} of {len(cfg.stages)}, "
-                               f"iteration {state['iteration']} of {cfg.iterations(state['stage'])}: finish it "
+                               f"iteration {state['iteration']} of {total}: finish it "
                                "with 'advseg synthesize train --resume'")
     g = Generator(cfg.stages, cfg.channels, cfg.latent_channels)
     g.load_state_dict(state["generator_ema"])
