@@ -133,3 +133,51 @@ def test_config_validation_names_the_key() -> None:
     assert [cfg.alpha(0, i) for i in (0, 9)] == [1.0, 1.0]  # nothing to fade at the first stage
     assert [cfg.alpha(2, i) for i in (0, 1, 5, 9)] == [0.0, 0.2, 1.0, 1.0]
     assert (cfg.lr, cfg.betas) == (1e-3, [0.0, 0.99])  # PGGAN's Adam
+
+
+def test_per_stage_iterations() -> None:
+    base = gan_preset("small")
+    cfg = merge_gan_config(base, {"iterations_per_stage": [10, 20, 40, 8], "fade_fraction": 0.5})
+    assert [cfg.iterations(s) for s in range(4)] == [10, 20, 40, 8] and cfg.total_iterations == 78
+    assert [cfg.fade_iterations(s) for s in range(4)] == [0, 10, 20, 4]
+    assert [cfg.alpha(2, i) for i in (0, 10, 20, 39)] == [0.0, 0.5, 1.0, 1.0]  # fades over 20 of 40
+    assert merge_gan_config(base, {"iterations_per_stage": 7}).total_iterations == 28  # one value: all
+    with pytest.raises(InputError, match="iterations_per_stage: expected one value or 4"):
+        merge_gan_config(base, {"iterations_per_stage": [10, 20]})
+    with pytest.raises(InputError, match="iterations_per_stage"):
+        merge_gan_config(base, {"iterations_per_stage": [10, 0, 1, 1]})
+    with pytest.raises(InputError, match="iterations_per_stage"):
+        merge_gan_config(base, {"iterations_per_stage": "many"})
+
+
+def test_cpu_preset_reaches_32x64x64_with_the_physical_aspect() -> None:
+    cfg = gan_preset("cpu")
+    assert cfg.target_shape == (32, 64, 64)
+    # after the first stage every stage keeps the phantom's z : xy voxel ratio of 1 : 2
+    assert all(2 * z == y == x for z, y, x in cfg.stages[1:])
+    assert len(cfg.channels) == len(cfg.stages) == len(cfg.batch_sizes)
+    # the cheap low-resolution stages train longer than the last one
+    assert cfg.iterations(2) > cfg.iterations(len(cfg.stages) - 1)
+    g = Generator(cfg.stages, cfg.channels, cfg.latent_channels)
+    assert sum(p.numel() for p in g.parameters()) < 2_000_000  # CPU-sized
+
+
+@pytest.mark.slow
+def test_cpu_preset_one_step_per_stage_trains() -> None:
+    from advseg.synthesis.data import TrainingSet
+    from advseg.synthesis.trainer import _Trainer
+
+    cfg = merge_gan_config(gan_preset("cpu"), {"device": "cpu"})
+    torch.manual_seed(0)
+    volumes = torch.rand(8, 1, *cfg.target_shape) * 2 - 1
+    tset = TrainingSet(volumes, [], {"affine": torch.eye(4).tolist(), "shape": list(cfg.target_shape)})
+    trainer = _Trainer(cfg, tset, torch.device("cpu"))
+    trainer.new_optimizers()
+    for stage in range(len(cfg.stages)):
+        before = [p.detach().clone() for p in trainer.G.to_rgb[stage].parameters()]
+        losses = trainer.step(stage, 0.5)
+        assert all(math.isfinite(v) for v in losses.values())
+        assert any(not torch.equal(a, p) for a, p in zip(before, trainer.G.to_rgb[stage].parameters(),
+                                                         strict=True))  # G's output layer learned
+        with torch.no_grad():
+            assert trainer.G(torch.zeros(1, *cfg.latent_shape), stage).shape[2:] == tuple(cfg.stages[stage])

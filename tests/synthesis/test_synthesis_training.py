@@ -69,6 +69,18 @@ def test_training_writes_stage_checkpoints_grids_and_log(trained_gan: Path, tiny
     assert yaml.safe_load((trained_gan / "gan_config.yaml").read_text())["stages"] == cfg.stages
 
 
+def test_per_stage_iterations_train_each_stage_that_long(tiny_phantom: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train_gan(tiny_phantom, out, tiny_cfg(iterations_per_stage=[3, 2, 1], grid_samples=0), progress=False)
+    rows = list(csv.DictReader((out / "log.csv").open()))
+    assert [int(r["stage"]) for r in rows] == [0, 0, 0, 1, 1, 2]
+    assert [float(r["alpha"]) for r in rows[3:]] == [0.0, 0.5, 0.0]  # each stage fades over its own length
+    latest = load_state(out / "checkpoints" / "latest.pt")
+    assert (latest["stage"], latest["iteration"], latest["step"]) == (2, 1, 6)
+    paths = sample_gan(out, 1, tmp_path / "s", seed=0, device="cpu")  # finished: the last stage's count
+    assert len(paths) == 1
+
+
 def test_resume_in_the_middle_of_a_stage_is_exact(trained_gan: Path, tiny_phantom: Path,
                                                   tmp_path: Path) -> None:
     out = tmp_path / "split"

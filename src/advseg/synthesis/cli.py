@@ -26,10 +26,12 @@ app = typer.Typer(
 def train(
     data: Annotated[Path, typer.Option(help="Dataset folder (labels unused) or folder of CT NIfTI images.")],
     out: Annotated[Path, typer.Option(help="GAN run folder (checkpoints, sample grids, log).")],
-    preset: Annotated[str | None, typer.Option(help="small (CPU, 16x32x32) | paper (GPU).")] = None,
+    preset: Annotated[str | None, typer.Option(
+        help="small (CPU, minutes, 16x32x32) | cpu (CPU, ~45 min, 32x64x64) | paper (GPU).")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file of GAN settings.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out exactly where it stopped.")] = False,
-    iterations_per_stage: Annotated[int | None, typer.Option(help="Override iterations per stage.")] = None,
+    iterations_per_stage: Annotated[int | None, typer.Option(
+        help="Override iterations per stage (this many at every stage).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (default: the preset's, 0).")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:

@@ -7,8 +7,21 @@ and a GAN preset there would be listed (and rejected) as a segmentation preset.
 * ``small``: 4^3 -> 8^3 -> 16^3 -> 16 x 32 x 32 (anisotropic last step); minutes on 2 CPU cores.
 * ``paper``: 4^3 -> ... -> 64^3 -> 64 x 128 x 128 (anisotropic last step), as the pelvic CT study;
   for a GPU.
+* ``cpu``: 4^3 -> 4 x 8 x 8 -> 8 x 16 x 16 -> 16 x 32 x 32 -> 32 x 64 x 64, about 45 minutes of
+  training on 2 CPU cores: the smallest schedule meant to give organs, not blobs, on the phantom
+  (``advseg phantom --shape 32 64 64``; 80 training volumes are cheap and keep the GAN from
+  memorising a handful). After the 4^3 start every stage keeps the phantom's physical aspect
+  (z voxels twice as thick as in-plane ones at 32 x 64 x 64), so no stage wastes voxels on a squashed
+  field of view. The organs are a few voxels wide at 8 x 16 x 16 and 16 x 32 x 32, which is where
+  they take shape: those stages are cheap (0.2 and 0.6 s an iteration) and get 1500 iterations each,
+  the expensive 32 x 64 x 64 stage (about 2 s an iteration at 8 channels, batch 4) 600 to refine
+  them. Seconds per iteration measured with ``python benchmarks/gan_small.py --preset cpu`` on
+  this 2-core machine while other jobs ran (0.02, 0.10, 0.20, 0.60 and 2.1-4.4 s with 8-16
+  channels at the last stage): 1500 x (0.02 + 0.10 + 0.20 + 0.60) + 600 x 2.1 = about 44 minutes.
+  ``python benchmarks/gan_cpu.py`` trains it end to end and measures Table I, organ presence and
+  the copy check (``benchmarks/results/gan_cpu/``).
 
-A user's YAML file may hold any subset of the keys, with ``base: small`` or ``base: paper``.
+A user's YAML file may hold any subset of the keys, with ``base: small``, ``base: cpu`` or ``base: paper``.
 """
 
 from __future__ import annotations
@@ -235,14 +248,14 @@ def merge_gan_config(cfg: GANConfig, updates: dict[str, Any], where: str = "GAN 
 
 
 def gan_preset(name: str) -> GANConfig:
-    """The preset ``small`` or ``paper``."""
+    """The preset ``small``, ``cpu`` or ``paper``."""
     if name not in PRESETS:
         raise InputError(None, f"unknown GAN preset '{name}' (known: {', '.join(sorted(PRESETS))})")
     return merge_gan_config(GANConfig(), PRESETS[name], f"GAN preset {name}")
 
 
 def load_gan_config(path: str | Path) -> GANConfig:
-    """A YAML file of GAN keys, optionally ``base: small|paper`` (default base: small)."""
+    """A YAML file of GAN keys, optionally ``base: small|cpu|paper`` (default base: small)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "GAN config file not found")
