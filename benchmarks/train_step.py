@@ -67,6 +67,7 @@ def _measure(
     out = {
         "method": method,
         "seconds_median": float(np.median(times)),
+        "seconds_mean": float(np.mean(times)),
         "peak_rss_MiB": rss1 / 1024,
         "train_rss_growth_MiB": (rss1 - rss0) / 1024,
         "batch": cfg.train.batch_size,
@@ -134,6 +135,7 @@ def main() -> None:
                 return
             results.append(json.loads(res.stdout.strip().splitlines()[-1]))
     base = results[0]["seconds_median"]
+    base_mean = results[0]["seconds_mean"]
     r0 = results[0]
     print(
         f"training step, S = res_unet_aux+{args.size}, batch {r0['batch']} x patch {r0['patch']}, "
@@ -142,7 +144,8 @@ def main() -> None:
     for r in results:
         extra = f", CUDA peak {r['cuda_peak_MiB']:.0f} MiB" if "cuda_peak_MiB" in r else ""
         print(
-            f"{r['method']:>40}: {r['seconds_median']:.3f} s/step ({r['seconds_median'] / base:.2f}x), "
+            f"{r['method']:>40}: {r['seconds_median']:.3f} s/step ({r['seconds_median'] / base:.2f}x; mean "
+            f"{r['seconds_mean']:.3f} s, {r['seconds_mean'] / base_mean:.2f}x), "
             f"peak RSS {r['peak_rss_MiB']:.0f} MiB (+{r['train_rss_growth_MiB']:.0f} MiB in training){extra}"
         )
 
