@@ -119,9 +119,13 @@ def _markdown(result: dict[str, Any]) -> str:
               + ("" if real_test is None else f"; real test volumes: {100 * real_test:.0f} %") + ".",
               ""]
     nn = result["nearest_neighbour"]
+
+    def f3(s: dict[str, float]) -> str:
+        return f"{s['mean']:.3f} ± {s['std']:.3f} (median {s['median']:.3f}, min {s['min']:.3f})"
+
     lines += ["Copy check (1 - NCC, mirror images included): nearest training volume of a sample "
-              f"{_fmt(nn['sample'])} (min {nn['sample']['min']:.4f}); nearest other training volume of a "
-              f"training volume {_fmt(nn['training'])} (min {nn['training']['min']:.4f}). Samples closer "
+              f"{f3(nn['sample'])}; nearest other training volume of a "
+              f"training volume {f3(nn['training'])}. Samples closer "
               f"to a training volume than any two training volumes are to each other: "
               f"{nn['closer_than_any_training_pair']}/{result['n_synthetic']}.",
               "", f"Whole-volume intensity histogram: Wasserstein distance {result['wasserstein_hu']:.1f} "
