@@ -20,9 +20,11 @@ and a GAN preset there would be listed (and rejected) as a segmentation preset.
   channels at the last stage): 1500 x (0.02 + 0.10 + 0.20 + 0.60) + 600 x 2.1 = about 44 minutes.
   ``python benchmarks/gan_cpu.py`` trains it end to end and measures Table I, organ presence and
   the copy check (``benchmarks/results/gan_cpu/``); those figures come from that run alone. Seen so
-  far (a run sharing the CPU, stopped before the last two stages): after 1500 iterations at
+  far (a run sharing the CPU, stopped before the last stage): after 1500 iterations at
   8 x 16 x 16 the EMA samples show the body outline, both femoral heads and the darker pelvic
-  cavity, as the real volumes at that resolution do.
+  cavity, as the real volumes at that resolution do; after 1500 more at 16 x 32 x 32 the same,
+  less crisp than the real volumes, with no organ yet clearly separable and one sample with a
+  streak below the body. Whether the 32 x 64 x 64 stage makes organs recognisable is unmeasured.
 
 A user's YAML file may hold any subset of the keys, with ``base: small``, ``base: cpu`` or ``base: paper``.
 """
