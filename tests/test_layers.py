@@ -22,7 +22,7 @@ PACKAGE = SRC / "advseg"
 
 #: bottom first; units on one line are peers
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors",),
+    ("errors", "ops"),
     ("checks",),
     ("io",),
     ("config",),

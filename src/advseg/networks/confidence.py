@@ -21,6 +21,7 @@ from advseg.networks.discriminators import (
     onehot,
     resolve_d_input,
 )
+from advseg.ops import channel_argmax
 
 #: hidden widths of Tan et al.'s DCGAN discriminator: five, then the 1-channel conv (six convs)
 DCGAN_HIDDEN_CONVS = 5
@@ -76,7 +77,7 @@ def confidence_map(
     if not has_confidence_map(cfg):
         raise ValueError(f"the '{a.discriminator}' discriminator scores whole images: it has no per-voxel "
                          "confidence map")
-    labels = onehot(probs.argmax(1), probs.shape[1], dtype=probs.dtype) if a.onehot_fake else probs
+    labels = onehot(channel_argmax(probs), probs.shape[1], dtype=probs.dtype) if a.onehot_fake else probs
     d_in = build_discriminator_input(resolve_d_input(a), image + a.d_image_offset, labels)
     if cfg.network.spatial_dims == 2:
         slices = d_in[0].transpose(0, 1)  # (Z, C', Y, X)
