@@ -27,7 +27,9 @@ from typing import Any
 import numpy as np
 from scipy.stats import wasserstein_distance
 
+from advseg.data.dataset import load_dataset
 from advseg.errors import InputError
+from advseg.inference.api import load_model
 from advseg.io import Volume, read_volume
 from advseg.io.atomic import atomic_write_text
 from advseg.io.guard import check_output_dir, record_outputs, refuse_overlap
@@ -41,7 +43,6 @@ MAX_VOXELS = 400_000  # voxels drawn per distribution for the Wasserstein distan
 def _load_segmenter(model_dir: Path, device: str):
     """The trained S-net: an object with ``predict_volume(Volume)`` (a Volume of labels, or an object
     whose ``.labels`` is one, in the input's geometry)."""
-    from advseg.inference.api import load_model
 
     return load_model(model_dir, checkpoint="best", device=device)
 
@@ -116,7 +117,6 @@ def synthesis_report(gan_dir: str | Path, model_dir: str | Path, data: str | Pat
         ``{"organs": {name: {"real", "synthetic", "difference": {mean, std, n}, "wasserstein_hu"}},
         "wasserstein_hu", "n_synthetic", "n_real", "figure", "histogram_figure", ...}``
     """
-    from advseg.data.dataset import load_dataset
 
     out = Path(out)
     refuse_overlap([out], [data, samples], hosts=[gan_dir, model_dir])
