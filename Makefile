@@ -8,7 +8,7 @@ PIP    := $(VENV)/bin/pip
 PIP_INSTALL := $(PIP) install --quiet -c constraints.txt
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test lint install install-dev clean
+.PHONY: demo test lint docs install install-dev clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,5 +30,11 @@ test: install-dev
 lint: install-dev
 	$(VENV)/bin/ruff check src tests benchmarks
 
+# The user documentation (docs/*.md) as a static site in site/; links are also checked by
+# tests/test_docs.py, which needs no mkdocs.
+docs: $(VENV)/bin/python
+	$(PIP_INSTALL) -e ".[docs]"
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache site

@@ -65,8 +65,8 @@ class _Crash(Exception):
 def run_interrupted(monkeypatch: pytest.MonkeyPatch):
     """``run(cfg, data, out, crash_at)``: train into ``out``, crash when the loop reaches iteration
     ``crash_at``, then resume from ``out`` to the end. Returns the iteration the resume started from."""
+    from advseg.runtime.checkpoint import load_checkpoint
     from advseg.training.api import train_run
-    from advseg.training.checkpoint import load_checkpoint
     from advseg.training.variants import trainer_class
 
     def run(cfg, data: Path, out: Path, crash_at: int) -> int:

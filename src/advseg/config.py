@@ -9,10 +9,11 @@ inside every checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any, get_type_hints
 
 import yaml
@@ -44,34 +45,54 @@ PRESET_DIR = Path(__file__).parent / "configs"
 CONFIG_VERSION = 1
 
 
-# Field checks that need a module importing torch take their choices lazily (see advseg.checks).
-def _blocks() -> ModuleType:
-    from advseg.networks import blocks
+# The names a config may use. The modules that implement them import these tuples (and a test checks
+# that each implements exactly these), so config, below networks, losses, transforms and training,
+# validates a config without importing any of them.
+NORMS = ("batch", "instance")  # advseg.networks.blocks
+ACTS = ("relu", "leakyrelu")  # advseg.networks.blocks
+POOLINGS = ("max", "multiscale")  # advseg.networks.blocks
+LOSS_NAMES = ("adaptive_ce", "ce", "dice", "dice_ce", "gdice_attention")  # advseg.losses
+# the keys of advseg.training.variants.registry.ADVERSARIAL_TRAINERS
+ADVERSARIAL_MODES = ("asdnet", "fusion", "hybrid", "pure", "semi_adv", "semi_adv_2d")
+MONAI_PREFIX = "monai:"
 
-    return blocks
 
+def monai_segmenters() -> dict[str, type]:
+    """Classes of ``monai.networks.nets`` that take ``in_channels`` and ``out_channels`` (what
+    ``network.name: monai:<Class>`` may name; :mod:`advseg.networks.factory` builds them)."""
+    # imported here, not at the top: keeps torch and monai out of the start-up of every command that
+    # reads a config without naming a MONAI network
+    import monai.networks.nets as nets
+    from torch import nn
 
-def _losses() -> ModuleType:
-    import advseg.losses
-
-    return advseg.losses
-
-
-def _trainer_modes() -> list[str]:
-    from advseg.training.variants.registry import ADVERSARIAL_TRAINERS
-
-    return sorted(ADVERSARIAL_TRAINERS)
+    found = {}
+    for name in dir(nets):
+        obj = getattr(nets, name)
+        if isinstance(obj, type) and issubclass(obj, nn.Module):
+            try:
+                params = inspect.signature(obj).parameters
+            except (TypeError, ValueError):
+                continue
+            if "in_channels" in params and "out_channels" in params:
+                found[name] = obj
+    return found
 
 
 def _network_name(name: str) -> str | None:
     if name == "res_unet":
         return None
-    if name.startswith("monai:"):
-        from advseg.networks.factory import _monai_segmenters
-
-        if name[len("monai:"):] in _monai_segmenters():
-            return None
+    if name.startswith(MONAI_PREFIX) and name[len(MONAI_PREFIX):] in monai_segmenters():
+        return None
     return f"unknown network {name!r} (res_unet, or monai:<Class> of monai.networks.nets, e.g. monai:UNet)"
+
+
+def scale_bounds(scale_range: Sequence[float]) -> tuple[float, float]:
+    """``(lo, hi)`` of a zoom range; ValueError unless it is two numbers with ``0 < lo <= hi`` (the
+    augmentation's own check, :class:`advseg.transforms.augment.RandInPlaneAffined`)."""
+    bounds = tuple(float(v) for v in scale_range)
+    if len(bounds) != 2 or not 0.0 < bounds[0] <= bounds[1]:
+        raise ValueError(f"scale_range must be [lo, hi] with 0 < lo <= hi, got {list(scale_range)}")
+    return bounds[0], bounds[1]
 
 
 def _device(name: str) -> str | None:
@@ -80,10 +101,8 @@ def _device(name: str) -> str | None:
 
 
 def _scale_range(value: list[float]) -> str | None:
-    from advseg.transforms.augment import _scale_bounds  # the transform's own check
-
     try:
-        _scale_bounds(value)
+        scale_bounds(value)
     except ValueError:
         return f"must be [lo, hi] with 0 < lo <= hi, got {value}"
     return None
@@ -155,11 +174,11 @@ class NetworkConfig:
     out_channels: int = param(6, ge(2))
     channels: list[int] = param([64, 128, 256], nonempty, each(ge(1)))
     res_blocks: int = param(1, ge(1))  # residual blocks per level
-    pooling: str = param("multiscale", one_of(lambda: _blocks().POOLINGS))
+    pooling: str = param("multiscale", one_of(*POOLINGS))
     aux: bool = True  # auxiliary classifiers at 1/2 and 1/4 resolution
     aux_weights: list[float] = param([0.5, 0.25], each(ge(0)))
-    norm: str = param("batch", one_of(lambda: _blocks().NORMS))
-    act: str = param("relu", one_of(lambda: _blocks().ACTS))
+    norm: str = param("batch", one_of(*NORMS))
+    act: str = param("relu", one_of(*ACTS))
     dropout: float = param(0.0, between(0, 1, hi_open=True))
     kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -169,7 +188,7 @@ class LossConfig:
     """Voxel-wise loss L_vox: ``adaptive_ce`` (w_c = 2 - DSC_c + ln(N_all/N_c)), ``ce``,
     ``dice``, ``dice_ce`` or ``gdice_attention`` (ASDNet generalized Dice with sample attention)."""
 
-    name: str = param("adaptive_ce", one_of(lambda: _losses().LOSS_NAMES))
+    name: str = param("adaptive_ce", one_of(*LOSS_NAMES))
     # running-mean factor for DSC_c in the adaptive weights
     dice_momentum: float = param(0.9, between(0, 1, hi_open=True))
     deep_supervision_weights: list[float] = param([1.0, 0.5, 0.25], nonempty, each(ge(0)), _first_positive)
@@ -239,7 +258,7 @@ class AdversarialConfig:
     d_steps: int = param(1, ge(1))  # discriminator steps per segmenter step (Kohl et al.: 3)
     # trainer (advseg.training.variants.registry): semi_adv (the study) | pure | hybrid (Kohl et al.)
     # | asdnet (Nie et al.) | semi_adv_2d (Tan et al.) | fusion (Pan et al.)
-    mode: str = param("semi_adv", one_of(lambda: _trainer_modes()))
+    mode: str = param("semi_adv", one_of(*ADVERSARIAL_MODES))
     # fusion: noise added to the label maps (truth and S's) when training D
     mask_poison_std: float = param(0.0, ge(0))
     # fusion: noise on the second copy of an unlabeled image (normalised units)

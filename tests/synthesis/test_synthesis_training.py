@@ -12,10 +12,10 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from advseg.cli.synthesize import app
 from advseg.errors import InputError
 from advseg.io import Volume, read_volume
 from advseg.synthesis.api import sample_gan, synthesis_report, synthesize_unlabeled, train_gan
-from advseg.synthesis.cli import app
 from advseg.synthesis.config import GANConfig, gan_preset, merge_gan_config
 from advseg.synthesis.data import find_training_images, load_training_set, to_int16_hu
 from advseg.synthesis.trainer import load_state

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from advseg.runtime.checkpoint import load_checkpoint
 from advseg.training import distributed
-from advseg.training.checkpoint import load_checkpoint
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 TORCHRUN = Path(sys.executable).with_name("torchrun")

@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from advseg.io.lock import LOCK_NAME
-from advseg.training.checkpoint import load_checkpoint, save_checkpoint
+from advseg.runtime.checkpoint import load_checkpoint, save_checkpoint
 
 POLL_S = 0.02
 # Which kill points to draw (ADVSEG_FAULT_SEEDS=0,1,2,... for more; each seed is one more run pair).
@@ -163,7 +163,7 @@ def test_interrupted_checkpoint_write_keeps_the_good_one(tmp_path: Path) -> None
     good = path.read_bytes()
     child = f"""
 import os, pathlib, signal, torch
-from advseg.training import checkpoint
+from advseg.runtime import checkpoint
 
 real_open = pathlib.Path.open
 

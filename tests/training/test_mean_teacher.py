@@ -10,8 +10,8 @@ import torch
 
 from advseg.config import apply_overrides, load_preset
 from advseg.errors import InputError
+from advseg.runtime.checkpoint import load_checkpoint
 from advseg.training.api import train_run
-from advseg.training.checkpoint import load_checkpoint
 from advseg.training.variants import trainer_class
 from advseg.training.variants.mean_teacher import MeanTeacherTrainer
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from advseg.config import apply_overrides, load_preset
+from advseg.runtime.checkpoint import load_checkpoint
 from advseg.training.api import prepare_training, train_run
-from advseg.training.checkpoint import load_checkpoint
 from advseg.training.trainer import Trainer, TrainingDiverged, dice_per_class
 from advseg.training.variants import trainer_class
 

@@ -14,19 +14,15 @@ from torch import nn
 from advseg.config import apply_overrides, load_preset
 from advseg.data.sampling import PatchDataset
 from advseg.errors import InputError
-from advseg.training.checkpoint import load_checkpoint
+from advseg.networks.confidence import has_confidence_map
+from advseg.runtime.checkpoint import load_checkpoint
 from advseg.training.trainer import BatchSource, TrainData
 from advseg.training.variants import trainer_class
 from advseg.training.variants.asdnet import AsdnetTrainer
 from advseg.training.variants.fusion import FusionTrainer
 from advseg.training.variants.kohl import KohlTrainer
-from advseg.training.variants.registry import (
-    ADVERSARIAL_TRAINERS,
-    build_discriminator,
-    confidence_map,
-    has_confidence_map,
-)
-from advseg.training.variants.tan2d import Tan2DTrainer, dcgan_widths
+from advseg.training.variants.registry import ADVERSARIAL_TRAINERS
+from advseg.training.variants.tan2d import Tan2DTrainer
 
 LABELS = {0: "background", 1: "bladder", 2: "bone", 3: "obturator_internus", 4: "femur_l", 5: "femur_r"}
 VARIANTS = {
@@ -73,38 +69,6 @@ def test_every_variant_preset_selects_its_trainer() -> None:
             assert cfg.adversarial.enabled
             assert trainer_class(cfg) is cls, (preset, size)
     assert set(ADVERSARIAL_TRAINERS) >= {"semi_adv", "pure", "hybrid", "asdnet", "semi_adv_2d", "fusion"}
-
-
-def test_dcgan_widths_pad_to_six_convolutions() -> None:
-    assert dcgan_widths([4, 4, 8, 8]) == [4, 4, 8, 8, 8]
-    assert dcgan_widths([64, 128, 256, 512, 512]) == [64, 128, 256, 512, 512]
-    cfg = _cfg("semi_adv_2d")
-    d = build_discriminator(cfg, 6)
-    assert len(d.convs) == 6  # five hidden convs + the 1-channel one, although tiny lists four widths
-    assert [c.out_channels for c in d.convs] == [4, 4, 8, 8, 8, 1]
-    with pytest.raises(InputError, match="config: network.spatial_dims: adversarial.mode semi_adv_2d"):
-        apply_overrides(cfg, ["network.spatial_dims=3"])  # the config refuses it first
-    with pytest.raises(ValueError, match="spatial_dims"):  # and so does the trainer, for the Python API
-        build_discriminator(apply_overrides(cfg, ["network.spatial_dims=3"], validate=False), 6)
-
-
-@pytest.mark.parametrize("preset", ["semi_adv_2d", "asdnet", "res_unet_aux_adv"])
-def test_confidence_map_of_a_volume(preset: str) -> None:
-    cfg = _cfg(preset)
-    d = build_discriminator(cfg, 6).eval()
-    image = torch.randn(1, 1, 5, 32, 32)
-    probs = torch.softmax(torch.randn(1, 6, 5, 32, 32), dim=1)
-    conf = confidence_map(cfg, d, image, probs)
-    assert conf.shape == (1, 1, 5, 32, 32)
-    assert float(conf.min()) >= 0 and float(conf.max()) <= 1
-
-
-def test_image_level_discriminators_have_no_confidence_map() -> None:
-    cfg = _cfg("hybrid_adv")
-    assert not has_confidence_map(cfg) and not has_confidence_map(_cfg("fusion_pair"))
-    with pytest.raises(ValueError, match="no per-voxel"):
-        confidence_map(cfg, build_discriminator(cfg, 6), torch.zeros(1, 1, 4, 8, 8),
-                       torch.zeros(1, 6, 4, 8, 8))
 
 
 # ------------------------------------------------------------------------------------------- step level

@@ -2,6 +2,10 @@
 
 Every command catches :class:`advseg.errors.InputError` and prints it as one line per problem,
 ``error: <file>: <problem>``, exits with status 2 and never shows a traceback for bad input.
+
+Each command imports what it runs inside its function, not at the top: that keeps torch, monai,
+scipy and matplotlib out of the start-up of ``advseg --help`` and of the commands that need none of
+them (the only function-local advseg imports in this package, and the reason for them).
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from typing import Annotated
 import typer
 
 from advseg.cli.common import fail
+from advseg.cli.experiment import experiment, report
+from advseg.cli.synthesize import app as synthesis_app
 from advseg.errors import InputError
-from advseg.synthesis.cli import app as synthesis_app
 
 app = typer.Typer(
     name="advseg",
@@ -230,8 +235,6 @@ def demo(
     except InputError as exc:
         fail(exc)
 
-
-from advseg.experiments.cli import experiment, report  # noqa: E402  (issue 5: experiment matrix, HTML report)
 
 app.command()(experiment)
 app.command()(report)

@@ -36,6 +36,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from advseg.errors import InputError
+from advseg.io import Volume, write_volume
 from advseg.io.atomic import atomic_dir
 
 LABELS: dict[int, str] = {
@@ -125,8 +126,6 @@ def write_phantom_dataset(
     out = Path(out)
     _validate_request(out, labeled, unlabeled, test, shape, seed)
     shape = tuple(int(s) for s in shape)  # type: ignore[assignment]
-
-    from advseg.io import Volume, write_volume  # io registers its formats on import
 
     with atomic_dir(out) as tmp:
         training, unlabeled_list, test_list = [], [], []

@@ -31,9 +31,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from advseg.data.dataset import load_dataset
 from advseg.errors import InputError
 from advseg.evaluation.stats import best_rows, describe, paired_wilcoxon
-from advseg.experiments.results import is_results_folder, read_results, validation_records
+from advseg.experiments.figures import plot_metric_vs_labels
+from advseg.experiments.results import (
+    DONE_FILE,
+    MATRIX_FILE,
+    is_results_folder,
+    read_results,
+    validation_records,
+)
+from advseg.io import strip_suffix
+from advseg.io.atomic import atomic_write_text
 from advseg.metrics.accumulate import METRIC_UNITS, METRICS
 
 TABLE_METRICS: tuple[str, ...] = ("dsc", "ahd", "ashd", "rvd", "hd95", "nsd")
@@ -84,7 +94,7 @@ class CellResult:
         """D's confidence map of ``case`` (``predictions/confidence/<case>.nii.gz``), if written."""
         if self.predictions is None:
             return None
-        from advseg.inference.api import confidence_path
+        from advseg.inference.api import confidence_path  # torch: here, so --aggregate runs without it
 
         path = confidence_path(self.predictions / f"{case}.nii.gz")
         return path if path.is_file() else None
@@ -121,7 +131,6 @@ def level_text(level: str) -> str:
 def find_results(path: str | Path) -> Collection:
     """Index a matrix folder (``matrix.json``), one run folder (``config.yaml``), or a folder of run
     folders (the demo's). Raises :class:`InputError` if it is none of those."""
-    from advseg.experiments.matrix import DONE_FILE, MATRIX_FILE
 
     root = Path(path)
     if not root.is_dir():
@@ -235,9 +244,6 @@ def _run_folder_cell(run: Path) -> CellResult | None:
 
 
 def _cases_from_dataset(run: Path, predictions: Path) -> dict[str, dict[str, Any]]:
-    from advseg.data.dataset import load_dataset
-    from advseg.io import strip_suffix
-
     info_path = run / "dataset_info.json"
     if not info_path.is_file():
         return {}
@@ -583,7 +589,6 @@ def _num(v: Any) -> str:
 def write_aggregate(agg: Aggregate, out_dir: str | Path) -> dict[str, Path]:
     """``summary.md``, ``summary.csv``, ``summary.json``, ``wilcoxon.csv``, ``per_case.csv`` in
     ``out_dir`` (each written atomically); returns their paths."""
-    from advseg.io.atomic import atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -639,7 +644,6 @@ def write_aggregate(agg: Aggregate, out_dir: str | Path) -> dict[str, Path]:
     for name, text in paths.items():
         atomic_write_text(out / name, text)
     written = {name: out / name for name in paths}
-    from advseg.experiments.figures import plot_metric_vs_labels
 
     figure = plot_metric_vs_labels(agg, out / "dsc_vs_labels.png", "dsc", total_cases=agg.training_cases)
     if figure is not None:

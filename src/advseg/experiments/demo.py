@@ -29,9 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from advseg.config import apply_overrides, load_preset, preset_names
+from advseg.data.phantom import write_phantom_dataset
 from advseg.errors import InputError
+from advseg.evaluation.evaluate import evaluate_folders
+from advseg.experiments.aggregate import comparison_table
+from advseg.inference.api import predict_path
 from advseg.io.atomic import atomic_write_text
 from advseg.io.lock import LOCK_NAME, check_unlocked
+from advseg.synthesis.api import synthesize_unlabeled
+from advseg.training.api import train_run
 
 DEFAULT_METHODS = ("res_unet_aux",)
 DEMO_MARKER = "demo.json"
@@ -83,9 +89,6 @@ def run_method(
     overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train one preset at ``size``, predict the test cases, evaluate; returns the summary."""
-    from advseg.evaluation.evaluate import evaluate_folders
-    from advseg.inference.api import predict_path
-    from advseg.training.api import train_run
 
     cfg = load_preset(f"{name}+{size}", validate=False)  # validated with the overrides
     extra = [f"train.seed={seed}"]
@@ -123,8 +126,6 @@ def run_demo(
     phantom: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the demo; returns ``{method: summary}``. See the module docstring for what is written."""
-    from advseg.data.phantom import write_phantom_dataset
-    from advseg.experiments.aggregate import comparison_table
 
     methods = [method] if isinstance(method, str) else list(method or DEFAULT_METHODS)
     for m in methods:
@@ -146,8 +147,6 @@ def run_demo(
     )
     unlabeled = None
     if synthetic:
-        from advseg.synthesis.api import synthesize_unlabeled
-
         unlabeled = [synthesize_unlabeled(data, out / "synthetic", n=synthetic, seed=seed)]
     summaries = {m: run_method(m, data, out, iterations, seed, unlabeled, progress, size) for m in methods}
     featured = methods[-1]

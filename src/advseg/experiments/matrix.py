@@ -83,14 +83,17 @@ from typing import Any
 import numpy as np
 
 from advseg.config import Config, apply_overrides, load_config, load_preset, load_yaml_mapping
+from advseg.data.dataset import load_dataset
+from advseg.data.phantom import write_phantom_dataset
+from advseg.data.splits import load_or_create_splits, seeded_order
 from advseg.errors import InputError
+from advseg.evaluation.evaluate import evaluate_folders
+from advseg.experiments.results import DONE_FILE, MATRIX_FILE, export_cell_result
 from advseg.io.atomic import atomic_write_text
 from advseg.io.guard import refuse_overlap
 from advseg.io.lock import LOCK_NAME, check_unlocked
 
 EXPERIMENT_DIR = Path(__file__).resolve().parents[1] / "configs" / "experiments"
-MATRIX_FILE = "matrix.json"
-DONE_FILE = "cell.json"
 TEST_MODES = ("cv", "dataset", "holdout")
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _NIFTI = (".nii.gz", ".nii")
@@ -571,8 +574,6 @@ class ExperimentMatrix:
         return data
 
     def _phantom(self) -> Path:
-        from advseg.data.phantom import write_phantom_dataset
-
         params = {**DEFAULT_PHANTOM, **(self.config.phantom or {})}
         key = _digest(params)
         target = self.shared / f"phantom_{key}"
@@ -585,6 +586,7 @@ class ExperimentMatrix:
     def unlabeled_dirs(self, method: MethodSpec, data: Path, progress: bool = True) -> list[Path]:
         dirs = list(method.unlabeled_dirs)
         if method.synthesize:
+            # imports torch: here, not at the top, so that --list-cells and config checks start fast
             from advseg.synthesis.api import synthesize_unlabeled
 
             s = {"preset": "small", "iterations_per_stage": None, "seed": 0, **method.synthesize}
@@ -616,7 +618,7 @@ class ExperimentMatrix:
         """The labeled cases a cell is evaluated on (see the module docstring, ``test``)."""
         mode = self.config.test
         if mode == "cv":
-            from advseg.data.splits import load_or_create_splits
+            # imports torch: here, not at the top, so that --list-cells and config checks start fast
             from advseg.training.api import splits_path
 
             names = sorted(c.name for c in index.training)
@@ -636,7 +638,7 @@ class ExperimentMatrix:
         """Everything before a cell's training: ``{"record": ...}`` for a finished cell, else its config,
         data, test cases, labels, unlabeled folders and whether to resume (may write: phantom data,
         synthetic images, clearing a cell that never saved)."""
-        from advseg.data.dataset import load_dataset
+        # imports torch: here, not at the top, so that --list-cells and config checks start fast
         from advseg.training.api import finalize_config
 
         record = self.done_record(cell, folder)
@@ -658,6 +660,7 @@ class ExperimentMatrix:
         Under ``torchrun`` every rank calls it: rank 0 alone prepares the cell (and writes), every rank
         trains (:func:`advseg.training.api.train_run` with DDP), rank 0 alone predicts, evaluates and
         writes ``cell.json``; the other ranks return ``{}``."""
+        # imports torch: here, not at the top, so that --list-cells and config checks start fast
         from advseg.training import distributed
         from advseg.training.api import train_run
 
@@ -713,7 +716,7 @@ class ExperimentMatrix:
         Under ``torchrun`` (``torchrun --nproc_per_node=N -m advseg experiment ...``) each cell trains on
         all N ranks with DDP; rank 0 alone writes (manifest, cells, results) and the other ranks return
         ``[]``."""
-        from advseg.experiments.results import export_cell_result
+        # imports torch: here, not at the top, so that --list-cells and config checks start fast
         from advseg.training import distributed
 
         distributed.init_from_env()
@@ -748,7 +751,7 @@ class ExperimentMatrix:
     def _run_distributed(self, indices: list[int] | None, progress: bool,
                          results: str | Path | None) -> list[dict[str, Any]]:
         """:meth:`run` under torchrun: rank 0 checks and lists the pending cells, every rank trains them."""
-        from advseg.experiments.results import export_cell_result
+        # imports torch: here, not at the top, so that --list-cells and config checks start fast
         from advseg.training import distributed
 
         def plan() -> list[int]:
@@ -875,7 +878,7 @@ def predict_and_evaluate(
     """Segment ``tests`` with the run's model into ``run_dir/predictions`` (D's confidence into
     ``predictions/confidence`` if the run has a D and ``save_confidence``), link their labels into
     ``run_dir/test_labels`` and evaluate into ``run_dir/evaluation``; returns the summary."""
-    from advseg.evaluation.evaluate import evaluate_folders
+    # imports torch: here, not at the top, so that --list-cells and config checks start fast
     from advseg.inference.api import load_model, predict_cases
 
     model = load_model(run_dir, checkpoint=checkpoint, device=device)
@@ -920,8 +923,6 @@ def make_holdout_view(source: str | Path, views_root: Path, count: int, seed: in
     is named ``<name>_holdout<count>s<seed>_<hash>`` (its own name: splits are cached per name) and
     is built once, in a temporary folder renamed into place.
     """
-    from advseg.data.dataset import load_dataset
-    from advseg.data.splits import seeded_order
 
     source = Path(source)
     index = load_dataset(source)
@@ -988,6 +989,7 @@ def _stem(path: Path) -> str:
 
 
 def _cache_root(cfg: Config) -> Path:
+    # imports torch: here, not at the top, so that --list-cells and config checks start fast
     from advseg.data.preprocess import default_cache_root
 
     return default_cache_root(cfg.data)

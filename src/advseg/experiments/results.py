@@ -26,6 +26,11 @@ from typing import Any
 from advseg.errors import InputError
 from advseg.io.atomic import atomic_write_text
 
+# the files of a matrix folder (advseg.experiments.matrix): its manifest, and the marker a cell folder
+# gets when the cell finished
+MATRIX_FILE = "matrix.json"
+DONE_FILE = "cell.json"
+
 RESULT_FORMAT = "advseg-cell-result-1"
 
 
@@ -78,7 +83,6 @@ def validation_records(
 
 def cell_result(folder: str | Path, command: str | None = None) -> dict[str, Any]:
     """The committable record of a finished cell folder (its ``cell.json`` plus per-case metrics)."""
-    from advseg.experiments.matrix import DONE_FILE
 
     folder = Path(folder)
     marker = folder / DONE_FILE

@@ -26,11 +26,14 @@ from advseg.inference.postprocess import keep_largest_component
 from advseg.inference.sliding import flip_tta, predict_logits
 from advseg.io import Volume, read_volume, strip_suffix, write_volume
 from advseg.io.atomic import atomic_write_text
-from advseg.io.dicom.series import is_dicom_folder
+from advseg.io.dicom.rtstruct import write_rtstruct
+from advseg.io.dicom.seg import write_seg
+from advseg.io.dicom.series import is_dicom_folder, read_series_folder
 from advseg.io.guard import MANIFEST, check_output_dir, check_output_file, record_outputs, refuse_overlap
+from advseg.networks.confidence import build_discriminator, confidence_map, has_confidence_map
 from advseg.networks.factory import build_network, to_channels_last
-from advseg.training.checkpoint import load_checkpoint
-from advseg.training.trainer import resolve_device
+from advseg.runtime.checkpoint import load_checkpoint
+from advseg.runtime.device import resolve_device
 
 _NNUNET_CHANNEL = re.compile(r"_(\d{4})$")
 
@@ -62,8 +65,6 @@ class SegmentationModel:
         to_channels_last(self.net)  # measured ~2x faster 3D convolutions on CPU (oneDNN)
         self.discriminator = None
         if "D" in state["nets"]:
-            from advseg.training.variants.registry import build_discriminator
-
             self.discriminator = build_discriminator(cfg, len(labels) if labels else cfg.network.out_channels)
             self.discriminator.load_state_dict(state["nets"]["D"])
             self.discriminator.to(self.device).eval()
@@ -106,8 +107,6 @@ class SegmentationModel:
         pred = probs.argmax(1)  # (1, Z, Y, X)
         confidence = None
         if with_confidence:
-            from advseg.training.variants.registry import confidence_map, has_confidence_map
-
             if self.discriminator is None or not has_confidence_map(self.cfg):
                 raise InputError(
                     None, "--save-confidence needs a run whose discriminator gives a per-voxel confidence "
@@ -195,8 +194,6 @@ def predict_dicom(
     the input, inside it or around it; a new, empty or earlier ``predict`` folder unless
     ``overwrite``). Returns the label files.
     """
-    from advseg.io.dicom.series import read_series_folder
-
     refuse_overlap([output], [input])
     if output.exists() and not output.is_dir():
         raise InputError(output, "for DICOM input, OUTPUT must be a folder")
@@ -237,13 +234,9 @@ def predict_dicom(
             print(f"warning: {name} (series {s.series_uid}): no organ predicted; no RTSTRUCT/SEG written",
                   file=sys.stderr)
         elif rtstruct:
-            from advseg.io.dicom.rtstruct import write_rtstruct
-
             ds = write_rtstruct(output / f"{name}_RTSTRUCT.dcm", pred.labels.array, label_names, s)
             entry["RTSTRUCT"] = {"file": f"{name}_RTSTRUCT.dcm", "SOPInstanceUID": str(ds.SOPInstanceUID)}
         if dicom_seg and pred.labels.array.any():
-            from advseg.io.dicom.seg import write_seg
-
             ds = write_seg(output / f"{name}_SEG.dcm", pred.labels.array, label_names, s)
             entry["SEG"] = {"file": f"{name}_SEG.dcm", "SOPInstanceUID": str(ds.SOPInstanceUID)}
         index[name] = entry

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from advseg.errors import InputError
+from advseg.io.atomic import atomic_write_text
 
 MANIFEST = ".advseg_outputs.json"
 
@@ -140,7 +141,6 @@ def record_outputs(folder: PathLike, command: str, files: Iterable[PathLike]) ->
 
     Call it after :func:`check_output_dir` and before writing them.
     """
-    from advseg.io.atomic import atomic_write_text
 
     folder = Path(folder)
     listed = sorted(owned_files(folder, command) | _relative(folder, files))
@@ -150,7 +150,6 @@ def record_outputs(folder: PathLike, command: str, files: Iterable[PathLike]) ->
 
 def forget_outputs(folder: PathLike, command: str, files: Iterable[PathLike]) -> None:
     """Remove ``files`` (already deleted by their writer) from the folder's manifest."""
-    from advseg.io.atomic import atomic_write_text
 
     folder = Path(folder)
     listed = sorted(owned_files(folder, command) - _relative(folder, files))

@@ -7,13 +7,11 @@ from collections.abc import Sequence
 import numpy as np
 from torch import nn
 
-from advseg.config import LossConfig
+from advseg.config import LOSS_NAMES, LossConfig
 from advseg.errors import InputError
 from advseg.losses.deep_supervision import DeepSupervisionLoss, main_output
 from advseg.losses.dice import Dice, DiceCE, GeneralizedDiceAttention
 from advseg.losses.weighted_ce import AdaptiveWeightedCE, CrossEntropy, class_voxel_counts, index_target
-
-LOSS_NAMES = ("adaptive_ce", "ce", "dice", "dice_ce", "gdice_attention")
 
 
 def _base_loss(cfg: LossConfig, num_classes: int,

@@ -11,9 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NORMS = ("batch", "instance")
-ACTS = ("relu", "leakyrelu")
-POOLINGS = ("max", "multiscale")
+from advseg.config import ACTS, NORMS, POOLINGS  # the names a config may use
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 _CONV_T = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}

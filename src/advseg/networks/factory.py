@@ -8,32 +8,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from advseg.config import NetworkConfig
+from advseg.config import MONAI_PREFIX, NetworkConfig, monai_segmenters
 from advseg.errors import InputError
 from advseg.networks.res_unet import ResUNet
 
-MONAI_PREFIX = "monai:"
-
-
-def _monai_segmenters() -> dict[str, type]:
-    """Classes of ``monai.networks.nets`` that take ``in_channels`` and ``out_channels``."""
-    import monai.networks.nets as nets
-
-    found = {}
-    for name in dir(nets):
-        obj = getattr(nets, name)
-        if isinstance(obj, type) and issubclass(obj, nn.Module):
-            try:
-                params = inspect.signature(obj).parameters
-            except (TypeError, ValueError):
-                continue
-            if "in_channels" in params and "out_channels" in params:
-                found[name] = obj
-    return found
-
 
 def _choices() -> str:
-    return ", ".join(["res_unet", *(MONAI_PREFIX + n for n in sorted(_monai_segmenters()))])
+    return ", ".join(["res_unet", *(MONAI_PREFIX + n for n in sorted(monai_segmenters()))])
 
 
 def _build_res_unet(cfg: NetworkConfig) -> nn.Module:
@@ -53,7 +34,7 @@ def _build_res_unet(cfg: NetworkConfig) -> nn.Module:
 
 
 def _build_monai(cfg: NetworkConfig, class_name: str) -> nn.Module:
-    nets = _monai_segmenters()
+    nets = monai_segmenters()
     if class_name not in nets:
         raise InputError("network.name",
                          f"unknown network '{MONAI_PREFIX}{class_name}' (choices: {_choices()})")

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from advseg.data.dataset import load_dataset
 from advseg.data.preprocess import denormalize_ct, normalize_ct
 from advseg.errors import InputError
 from advseg.io import Volume, read_volume
@@ -66,8 +67,6 @@ def find_training_images(data: str | Path) -> list[Path]:
     if not data.is_dir():
         raise InputError(data, "expected a dataset folder or a folder of NIfTI images, got a file")
     if (data / "dataset.json").is_file():
-        from advseg.data.dataset import load_dataset
-
         index = load_dataset(data, require_labels=False)
         if index.modality != "CT":
             raise InputError(data / "dataset.json", f"the GAN synthesizes CT in HU; this dataset is "

@@ -36,10 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from scipy.stats import wasserstein_distance
 
+from advseg.data.dataset import load_dataset
 from advseg.data.preprocess import normalize_ct
 from advseg.errors import InputError
+from advseg.inference.api import load_model
 from advseg.io import Volume, read_volume
 from advseg.io.atomic import atomic_write_text
 from advseg.io.guard import check_output_dir, record_outputs, refuse_overlap
@@ -60,7 +63,6 @@ MAX_VOXELS = 400_000  # voxels drawn per distribution for the Wasserstein distan
 def _load_segmenter(model_dir: Path, device: str):
     """The trained S-net: an object with ``predict_volume(Volume)`` (a Volume of labels, or an object
     whose ``.labels`` is one, in the input's geometry)."""
-    from advseg.inference.api import load_model
 
     return load_model(model_dir, checkpoint="best", device=device)
 
@@ -165,7 +167,6 @@ def synthesis_report(gan_dir: str | Path, model_dir: str | Path, data: str | Pat
         "nearest_neighbour": {...}, "wasserstein_hu", "n_synthetic", "n_real", "figure",
         "histogram_figure", ...}``
     """
-    from advseg.data.dataset import load_dataset
 
     out = Path(out)
     refuse_overlap([out], [data, samples], hosts=[gan_dir, model_dir])
@@ -282,8 +283,6 @@ def synthesis_report(gan_dir: str | Path, model_dir: str | Path, data: str | Pat
     real_all = _subsample(to_hu(train_x, window).ravel(), rng)
     synth_all = _subsample(np.concatenate([h.ravel() for h in synth_hu]), rng)
     w_all = float(wasserstein_distance(real_all, synth_all))
-    import torch
-
     synth_x = np.stack([resize_volume(normalize_ct(torch.from_numpy(h), window), gan_cfg.target_shape).numpy()
                         for h in synth_hu])
     nn_d, nn_j = nearest_training(synth_x, train_x)

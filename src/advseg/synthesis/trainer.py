@@ -53,6 +53,7 @@ from advseg.errors import InputError
 from advseg.io.atomic import atomic_write_text
 from advseg.io.guard import refuse_overlap
 from advseg.io.lock import RunLock, check_unlocked
+from advseg.runtime.checkpoint import load_checkpoint, save_checkpoint
 from advseg.synthesis.config import GANConfig, gan_config_from_dict, gan_preset
 from advseg.synthesis.data import (
     TrainingSet,
@@ -65,7 +66,6 @@ from advseg.synthesis.figures import save_sample_grid
 from advseg.synthesis.layers import downsample, upsample
 from advseg.synthesis.networks import Discriminator, Generator, build_networks
 from advseg.training import distributed
-from advseg.training.checkpoint import load_checkpoint, save_checkpoint
 
 FORMAT = "advseg-pggan-1"
 LATEST = "latest.pt"

@@ -37,6 +37,7 @@ from advseg.io.guard import refuse_overlap
 from advseg.io.lock import LOCK_NAME, RunLock, check_unlocked
 from advseg.training import distributed
 from advseg.training.trainer import BatchSource, TrainData, TrainingDiverged
+from advseg.training.variants import trainer_class
 from advseg.transforms.augment import build_augmentation
 
 
@@ -232,7 +233,6 @@ def train_run(
     data first (filling the preprocessing cache) and alone writes ``out``; the other ranks then build
     their own patch streams with the config rank 0 settled on.
     """
-    from advseg.training.variants import trainer_class
 
     out = Path(out)
     distributed.init_from_env()

@@ -44,8 +44,7 @@ from advseg.inference.sliding import predict_logits
 from advseg.losses import build_loss
 from advseg.networks.factory import build_network, channels_last_input, to_channels_last
 from advseg.ops import channel_argmax
-from advseg.training import distributed
-from advseg.training.checkpoint import (
+from advseg.runtime.checkpoint import (
     CHECKPOINT_FORMAT,
     capture_rng_state,
     load_checkpoint,
@@ -53,6 +52,9 @@ from advseg.training.checkpoint import (
     save_checkpoint,
     to_plain,
 )
+from advseg.runtime.device import resolve_device
+from advseg.training import distributed
+from advseg.training.figures import save_validation_figure
 from advseg.training.log import TrainingLog
 
 
@@ -73,12 +75,6 @@ def dice_per_class(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> np.
 
 class TrainingDiverged(RuntimeError):
     """A loss became NaN/Inf; the run stops and no checkpoint of that state is written."""
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class BatchSource:
@@ -313,7 +309,6 @@ class Trainer:
         every = self.cfg.train.figure_every
         if every and self.iteration % every and self.iteration != self.cfg.train.iterations:
             return
-        from advseg.training.figures import save_validation_figure
 
         cases = []
         for name, img, lbl, (pred, probs) in zip(

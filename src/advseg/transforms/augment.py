@@ -49,7 +49,7 @@ from monai.transforms import (
     RandomizableTransform,
 )
 
-from advseg.config import AugmentConfig
+from advseg.config import AugmentConfig, scale_bounds
 from advseg.errors import InputError
 
 
@@ -92,14 +92,6 @@ class RandFlipSwapd(RandFlipd):
         return d
 
 
-def _scale_bounds(scale_range: Sequence[float]) -> tuple[float, float]:
-    """``(lo, hi)`` of a zoom range; ValueError unless it is two numbers with ``0 < lo <= hi``."""
-    bounds = tuple(float(v) for v in scale_range)
-    if len(bounds) != 2 or not 0.0 < bounds[0] <= bounds[1]:
-        raise ValueError(f"scale_range must be [lo, hi] with 0 < lo <= hi, got {list(scale_range)}")
-    return bounds[0], bounds[1]
-
-
 class RandInPlaneAffined(RandomizableTransform, MapTransform):
     """Random translation (whole voxels in Y and X), rotation about the slice axis and isotropic
     in-plane scaling, one resampling.
@@ -135,7 +127,7 @@ class RandInPlaneAffined(RandomizableTransform, MapTransform):
         self.translate_prob, self.translate_max = float(translate_prob), int(translate_max_voxels)
         self.rotate_prob, self.rotate_deg = float(rotate_prob), float(rotate_deg)
         self.scale_prob = float(scale_prob)
-        self.scale_range = _scale_bounds(scale_range)
+        self.scale_range = scale_bounds(scale_range)
         self.label_key = label_key
         self.shift = (0, 0)
         self.angle = 0.0
@@ -245,7 +237,7 @@ def build_augmentation(
     translate = cfg.translate_prob if cfg.translate_max_voxels > 0 else 0.0
     rotate = cfg.rotate_prob if cfg.rotate_deg > 0 else 0.0
     try:  # checked even when scaling is off, so a bad config fails before any training
-        _scale_bounds(cfg.scale_range)
+        scale_bounds(cfg.scale_range)
     except ValueError:
         raise InputError(
             "augment.scale_range", f"must be [lo, hi] with 0 < lo <= hi, got {cfg.scale_range}"

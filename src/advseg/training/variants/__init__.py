@@ -9,6 +9,8 @@ from __future__ import annotations
 from advseg.config import Config
 from advseg.errors import InputError
 from advseg.training.trainer import Trainer
+from advseg.training.variants.mean_teacher import MeanTeacherTrainer
+from advseg.training.variants.registry import ADVERSARIAL_TRAINERS
 
 
 def trainer_class(cfg: Config) -> type[Trainer]:
@@ -16,12 +18,10 @@ def trainer_class(cfg: Config) -> type[Trainer]:
         if cfg.adversarial.enabled:
             raise InputError(None, "config: mean_teacher.enabled and adversarial.enabled are exclusive "
                                    "(Mean Teacher has no discriminator)")
-        from advseg.training.variants.mean_teacher import MeanTeacherTrainer
 
         return MeanTeacherTrainer
     if not cfg.adversarial.enabled:
         return Trainer
-    from advseg.training.variants.registry import ADVERSARIAL_TRAINERS
 
     mode = cfg.adversarial.mode
     if mode not in ADVERSARIAL_TRAINERS:

@@ -52,16 +52,16 @@ from advseg.losses.adversarial import (
     semi_supervised_loss,
 )
 from advseg.losses.semi import masked_self_training_loss, softmax_confidence
+from advseg.networks.confidence import build_discriminator, confidence_map, has_confidence_map
 from advseg.networks.discriminators import (
     build_discriminator_input,
-    make_discriminator,
     onehot,
     onehot_straight_through,
     resolve_d_input,
     set_requires_grad,
 )
 from advseg.ops import channel_argmax
-from advseg.training.checkpoint import to_plain
+from advseg.runtime.checkpoint import to_plain
 from advseg.training.diagnostics import POOL_CASES, ConfidenceDiagnostics, pool_summary
 from advseg.training.trainer import Trainer
 
@@ -78,10 +78,9 @@ class AdversarialTrainer(Trainer):
 
     @classmethod
     def discriminator_for(cls, cfg: Config, num_classes: int) -> nn.Module:
-        """Hook: this method's D for a run's config (also rebuilds D at inference, see
-        :func:`advseg.training.variants.registry.build_discriminator`)."""
-        net = cfg.network
-        return make_discriminator(cfg.adversarial, net.spatial_dims, net.in_channels, num_classes)
+        """Hook: this method's D for a run's config; inference rebuilds the same D with
+        :func:`advseg.networks.confidence.build_discriminator`, so a method with its own D adds it there."""
+        return build_discriminator(cfg, num_classes)
 
     def ddp_nets(self) -> tuple[str, ...]:
         """S and D are averaged over the ranks under torchrun (each with its own DDP wrapper)."""
@@ -296,9 +295,7 @@ class AdversarialTrainer(Trainer):
 
     def confidence_map(self, image: np.ndarray, probs: torch.Tensor) -> np.ndarray | None:
         """sigmoid(D(.)) of S's prediction on a whole preprocessed volume, ``(Z, Y, X)`` in [0, 1], fed to
-        D as in training (see :func:`advseg.training.variants.registry.confidence_map`)."""
-        from advseg.training.variants.registry import confidence_map, has_confidence_map
-
+        D as in training (see :func:`advseg.networks.confidence.confidence_map`)."""
         if not has_confidence_map(self.cfg):
             return None
         self.D.eval()

@@ -17,42 +17,20 @@ is trained during the supervised phase as well (S gets no adversarial term then)
 confidence map is meaningful when it starts to select the unlabeled voxels for L_semi.
 
 D's depth: the paper's six convolutions need five hidden widths, while the size presets list four (the
-FC D-net's stages). :meth:`Tan2DTrainer.discriminator_for` pads ``d_channels`` to five by repeating the
-last width, so ``semi_adv_2d+tiny`` / ``+cpu`` keep the paper's six convolutions at their own widths.
+FC D-net's stages). :func:`advseg.networks.confidence.build_discriminator` pads ``d_channels`` to five
+by repeating the last width, so ``semi_adv_2d+tiny`` / ``+cpu`` keep the paper's six convolutions at
+their own widths.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
-from torch import nn
 
-from advseg.config import Config
 from advseg.training.variants.adversarial import AdversarialTrainer, main_logits
-
-#: hidden widths of Tan et al.'s DCGAN discriminator: five, then the 1-channel conv (six convs)
-DCGAN_HIDDEN_CONVS = 5
-
-
-def dcgan_widths(channels: list[int] | tuple[int, ...], n: int = DCGAN_HIDDEN_CONVS) -> list[int]:
-    """``channels`` padded to at least ``n`` entries by repeating the last (longer lists are kept)."""
-    if not channels:
-        raise ValueError("adversarial.d_channels is empty")
-    widths = list(channels)
-    return widths + [widths[-1]] * (n - len(widths))
 
 
 class Tan2DTrainer(AdversarialTrainer):
     """``semi_adv_2d`` (``adversarial.mode: semi_adv_2d``)."""
-
-    @classmethod
-    def discriminator_for(cls, cfg: Config, num_classes: int) -> nn.Module:
-        if cfg.network.spatial_dims != 2:
-            raise ValueError(f"adversarial.mode semi_adv_2d trains a 2D network (network.spatial_dims: 2), "
-                             f"got spatial_dims={cfg.network.spatial_dims}")
-        adv = dataclasses.replace(cfg.adversarial, d_channels=dcgan_widths(cfg.adversarial.d_channels))
-        return super().discriminator_for(dataclasses.replace(cfg, adversarial=adv), num_classes)
 
     def segmenter_losses(
         self, batch: dict[str, torch.Tensor], unl: dict[str, torch.Tensor] | None

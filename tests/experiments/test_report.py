@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from advseg.cli.main import app
 from advseg.errors import InputError
-from advseg.evaluation.report import pick_slices, write_report
+from advseg.experiments.report import pick_slices, write_report
 
 runner = CliRunner()
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -48,6 +48,9 @@ from advseg.experiments.aggregate import (
     tables,
     write_aggregate,
 )
+from advseg.io import read_volume
+from advseg.io.atomic import atomic_write_text
+from advseg.training.log import TrainingLog
 
 CT_WINDOW = (-200.0, 300.0)  # soft-tissue window (HU) for CT slices; MR uses percentiles
 MR_PERCENTILES = (0.5, 99.5)
@@ -84,8 +87,6 @@ def write_report(path: str | Path, out: str | Path | None = None) -> Path:
 
     Raises :class:`InputError` if ``path`` is not a matrix folder, a run folder or a folder of runs.
     """
-    from advseg.io.atomic import atomic_write_text
-
     collection = find_results(path)
     out = Path(out) if out is not None else collection.root / "report.html"
     if out.exists() and out.is_dir():
@@ -160,8 +161,6 @@ def _figure_png(fig: Any, dpi: int = 80) -> bytes:
 
 
 def _read_log(run_dir: Path) -> list[dict[str, Any]]:
-    from advseg.training.log import TrainingLog
-
     return TrainingLog(run_dir / "log.jsonl").rows  # [] when the run has no log yet
 
 
@@ -175,8 +174,6 @@ def _runs_by_arm(c: Collection) -> dict[str, list[Path]]:
 
 
 def _learning_curves(c: Collection) -> str:
-    from advseg.training.log import TrainingLog
-
     runs = _runs_by_arm(c)
     parts = []
     val_png = _validation_curves(runs)
@@ -445,8 +442,6 @@ def overlay_figure(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
-
-    from advseg.io import read_volume
 
     image_vol = read_volume(case["images"][0])
     image = image_vol.array.astype(np.float32)

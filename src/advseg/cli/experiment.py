@@ -1,6 +1,8 @@
 """``advseg experiment`` and ``advseg report`` (registered on the app in :mod:`advseg.cli.main`).
 
 Bad input (a config, a folder) is one line ``error: <file>: <problem>`` on stderr and exit status 2.
+As in :mod:`advseg.cli.main`, the commands import what they run inside their functions, so that
+``advseg --help`` starts without torch, scipy or matplotlib.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def report(
         help="HTML file to write (default RUN_DIR/report.html).")] = None,
 ) -> None:
     """Write a self-contained HTML report (tables, learning curves, overlays, confidence maps)."""
-    from advseg.evaluation.report import write_report
+    from advseg.experiments.report import write_report
 
     try:
         path = write_report(run_dir, out)
