@@ -4,8 +4,8 @@ labels: advseg's levers one by one, each engine, MONAI's networks, and the scali
     python benchmarks/inference_speed.py [--sections levers engines monai scaling] [--repeats 3]
         [--threads 2] [--out benchmarks/results/inference]
 
-Every row runs in a fresh subprocess, so its peak RSS (``ru_maxrss``: imports, model and inference)
-is its own. The timed path is what ``advseg predict`` does per case after loading the model:
+Every row runs in a fresh subprocess, so its peak RSS (``VmHWM``: imports, model and inference) is
+its own. The timed path is what ``advseg predict`` does per case after loading the model:
 ``read_volume`` -> preprocessing -> the network (the study's slab recipe: four 16 x 128 x 128 slabs
 as one batch, unless a row says otherwise) -> argmax -> the mapping back to the original geometry
 -> ``write_volume`` (uint8 NIfTI). One untimed warm-up (oneDNN builds its kernels per shape), then
@@ -105,9 +105,18 @@ class _Monai:
         return Prediction(Volume(self.pre.invert_label(pred, case.info), vol.affine))
 
 
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory (``VmHWM``). Not ``ru_maxrss``: Linux carries that across
+    ``exec`` from the forking parent, so every child would report at least the parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def _child(row: dict[str, Any], nifti: str, repeats: int, threads: int) -> dict[str, Any]:
     import os
-    import resource
     import time
 
     import numpy as np
@@ -174,7 +183,7 @@ def _child(row: dict[str, Any], nifti: str, repeats: int, threads: int) -> dict[
     return {
         **{k: v for k, v in row.items() if k != "set"},
         "params_M": params / 1e6, "seconds_median": float(np.median(times)), "seconds_min": float(min(times)),
-        "repeats": repeats, "peak_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "repeats": repeats, "peak_rss_MiB": _peak_rss_mib(),
         "export_s": export_s, "labels": os.path.join(out_dir, "labels.npy"),
         "precision_used": getattr(model, "precision", row.get("precision", "fp32")),
     }
@@ -184,19 +193,20 @@ def _rows(sections: list[str]) -> list[dict[str, Any]]:
     fast = {"precision": "bf16"}
     rows: list[dict[str, Any]] = []
     if "levers" in sections:
+        four = {"slab_batch": 4}  # today's path: the four slabs as one batch
         rows += [
-            {"name": "today: fp32, BN unfolded", "precision": "fp32", "lever": {"fold_bn": False},
-             "reference": True},
-            {"name": "fp32, BN unfolded, torch.no_grad (no inference_mode)", "precision": "fp32",
+            {"name": "today: fp32, BN unfolded, 4 slabs a batch", "precision": "fp32", **four,
+             "lever": {"fold_bn": False}, "reference": True},
+            {"name": "today + torch.no_grad instead of inference_mode", "precision": "fp32", **four,
              "lever": {"fold_bn": False}, "no_inference_mode": True},
-            {"name": "fp32, BN unfolded, contiguous (no channels-last)", "precision": "fp32",
+            {"name": "today + contiguous (no channels-last)", "precision": "fp32", **four,
              "lever": {"fold_bn": False, "channels_last": False}},
-            {"name": "fp32 + BN folded", "precision": "fp32"},
-            {"name": "bf16 autocast, BN folded", "precision": "fp32", "autocast": True},
-            {"name": "bf16 weights, BN unfolded", **fast, "lever": {"fold_bn": False}},
-            {"name": "FAST: bf16 weights + BN folded (default)", **fast},
-            {"name": "fast, slabs one at a time", **fast, "slab_batch": 1},
-            {"name": "fast, two slabs a batch", **fast, "slab_batch": 2},
+            {"name": "today + BN folded", "precision": "fp32", **four},
+            {"name": "today + BN folded + bf16 autocast", "precision": "fp32", **four, "autocast": True},
+            {"name": "today + bf16 weights (BN unfolded)", **fast, **four, "lever": {"fold_bn": False}},
+            {"name": "today + bf16 weights + BN folded", **fast, **four},
+            {"name": "bf16 + BN folded, 2 slabs a batch", **fast, "slab_batch": 2},
+            {"name": "FAST (default): bf16 + BN folded, 1 slab a pass", **fast},
             {"name": "fast, 1 thread", **fast, "threads": 1},
             {"name": "fast, contiguous (no channels-last)", **fast, "lever": {"channels_last": False}},
         ]
@@ -267,6 +277,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/inference"))
+    ap.add_argument("--only", nargs="+", help="run only the rows whose name contains one of these")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -276,6 +287,8 @@ def main() -> None:
     import numpy as np
 
     rows = _rows(args.sections)
+    if args.only:
+        rows = [r for r in rows if any(o in r["name"] for o in args.only)]
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "inference_speed.json"
     old = json.loads(results_path.read_text()) if results_path.exists() else []
@@ -310,11 +323,13 @@ def main() -> None:
                   f"peak RSS {r['peak_rss_MiB']:5.0f} MiB, {r['params_M']:.2f} M params{extra}", flush=True)
             done.append(r)
     names = {r["name"] for r in done}
-    merged = [r for r in old if r.get("name") not in names] + done
+    known = {r["name"] for r in _rows(["levers", "engines", "monai", "scaling"])}
+    merged = [r for r in old if r.get("name") not in names and r.get("name") in known] + done
     results_path.write_text(json.dumps(merged, indent=2) + "\n")
     by = {r["name"]: r for r in merged if "seconds_median" in r}
-    fast, dyn = by.get("FAST: bf16 weights + BN folded (default)"), by.get("MONAI DynUNet 64/128/256 fp32")
-    today = by.get("today: fp32, BN unfolded")
+    fast = by.get("FAST (default): bf16 + BN folded, 1 slab a pass")
+    dyn = by.get("MONAI DynUNet 64/128/256 fp32")
+    today = by.get("today: fp32, BN unfolded, 4 slabs a batch")
     if fast and dyn:
         dyn16 = by.get("MONAI DynUNet 64/128/256 bf16 autocast")
         print(f"advseg fast / MONAI DynUNet fp32: {fast['seconds_median'] / dyn['seconds_median']:.2f}"

@@ -330,7 +330,8 @@ class InferenceConfig:
     # "auto" is bf16 on a CPU with native bf16 convolutions (AVX512-BF16 / AMX), else fp32; on CUDA
     # "auto" keeps train.amp's fp16 autocast. "fp32" is the reference path.
     precision: str = param("auto", one_of("auto", "fp32", "bf16"))
-    # Slabs per forward pass in the slab recipe; 0 = all of them as one batch (fastest measured).
+    # Slabs per forward pass in the slab recipe; 0 = auto: one at a time on CPU (measured faster and
+    # leaner there than the four as one batch, docs/inference.md), all as one batch on CUDA.
     slab_batch: int = param(0, ge(0))
 
 

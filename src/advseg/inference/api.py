@@ -92,7 +92,7 @@ class SegmentationModel:
                 overlap=ic.overlap,
                 sw_batch_size=ic.sw_batch_size,
                 spatial_dims=self.cfg.network.spatial_dims,
-                slab_batch=ic.slab_batch,
+                slab_batch=ic.slab_batch or (1 if self.device.type == "cpu" else 0),
             ).float()
 
     def _to_original(self, probs: torch.Tensor, pred: torch.Tensor, info: dict[str, Any]) -> np.ndarray:
