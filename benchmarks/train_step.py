@@ -67,6 +67,7 @@ def _measure(
     out = {
         "method": method,
         "seconds_median": float(np.median(times)),
+        "seconds_mean": float(np.mean(times)),
         "peak_rss_MiB": rss1 / 1024,
         "train_rss_growth_MiB": (rss1 - rss0) / 1024,
         "batch": cfg.train.batch_size,
@@ -129,20 +130,30 @@ def main() -> None:
                 check=False,
                 env={**__import__("os").environ, "ADVSEG_CACHE": f"{tmp}/cache"},
             )
-            if res.returncode:
-                print(f"{method}: failed\n{res.stderr[-2000:]}")
-                return
+            if res.returncode:  # say so and go on: one failing form must not hide the others' figures
+                last = (res.stderr.strip().splitlines() or ["(no output)"])[-1]
+                results.append({"method": method, "failed": last[:300]})
+                continue
             results.append(json.loads(res.stdout.strip().splitlines()[-1]))
-    base = results[0]["seconds_median"]
-    r0 = results[0]
+    ok = [r for r in results if "failed" not in r]
+    if not ok:
+        print("every method failed:\n" + "\n".join(f"{r['method']}: {r['failed']}" for r in results))
+        sys.exit(1)
+    base = ok[0]["seconds_median"]
+    base_mean = ok[0]["seconds_mean"]
+    r0 = ok[0]
     print(
         f"training step, S = res_unet_aux+{args.size}, batch {r0['batch']} x patch {r0['patch']}, "
         f"{args.threads} threads, {args.device}" + (f", {' '.join(args.set)}" if args.set else "")
     )
     for r in results:
+        if "failed" in r:
+            print(f"{r['method']:>40}: failed: {r['failed']}")
+            continue
         extra = f", CUDA peak {r['cuda_peak_MiB']:.0f} MiB" if "cuda_peak_MiB" in r else ""
         print(
-            f"{r['method']:>40}: {r['seconds_median']:.3f} s/step ({r['seconds_median'] / base:.2f}x), "
+            f"{r['method']:>40}: {r['seconds_median']:.3f} s/step ({r['seconds_median'] / base:.2f}x; mean "
+            f"{r['seconds_mean']:.3f} s, {r['seconds_mean'] / base_mean:.2f}x), "
             f"peak RSS {r['peak_rss_MiB']:.0f} MiB (+{r['train_rss_growth_MiB']:.0f} MiB in training){extra}"
         )
 

@@ -278,6 +278,9 @@ class TrainConfig:
     # patches per unlabeled batch (semi-supervised methods); None: batch_size. Fewer make a
     # semi-supervised step cheaper (issue 10's overhead lever)
     unlabeled_batch_size: int | None = param(None, ge(1))
+    # patch size (Z, Y, X) of the unlabeled batches; None: data.patch_size. Smaller patches make the
+    # unlabeled forward/backward pass, most of a semi-supervised step's cost, cheaper (issue 10)
+    unlabeled_patch_size: list[int] | None = param(None, length(2, 3), each(ge(1)))
     lr: float = param(5e-4, gt(0))
     weight_decay: float = param(0.0, ge(0))
     poly_power: float = param(0.9, ge(0))
@@ -400,17 +403,26 @@ def _cross_problems(cfg: Config) -> list[tuple[str, str]]:
     if n.spatial_dims == 3 and len(d.patch_size) != 3:
         out.append(("data.patch_size", f"a 3-D network (network.spatial_dims: 3) needs 3 sizes (Z, Y, X), "
                                        f"got {d.patch_size}"))
+    if t.unlabeled_patch_size is not None and len(t.unlabeled_patch_size) != len(d.patch_size):
+        out.append(("train.unlabeled_patch_size", f"needs as many sizes as data.patch_size "
+                                                  f"{d.patch_size}, got {t.unlabeled_patch_size}"))
+    elif a.joint_forward and t.unlabeled_patch_size not in (None, d.patch_size):
+        out.append(("train.unlabeled_patch_size", "adversarial.joint_forward passes labeled and unlabeled "
+                                                  "patches through S as one batch: they need one size"))
     if n.name == "res_unet" and "channels" not in n.kwargs:
         levels = len(n.channels)
         if levels < 2:
             out.append(("network.channels", f"res_unet needs at least 2 levels, got {n.channels}"))
         else:
             divisor = 2 ** (levels - 1)
-            patch = d.patch_size[1:] if n.spatial_dims == 2 and len(d.patch_size) == 3 else d.patch_size
-            if any(s % divisor for s in patch):
-                out.append(("data.patch_size", f"every size must be divisible by {divisor} (the S-net's "
-                                               f"2^(levels-1) for network.channels {n.channels}), "
-                                               f"got {d.patch_size}"))
+            for key, size in (("data.patch_size", d.patch_size), ("train.unlabeled_patch_size",
+                                                                    t.unlabeled_patch_size)):
+                if size is None:
+                    continue
+                patch = size[1:] if n.spatial_dims == 2 and len(size) == 3 else size
+                if any(s % divisor for s in patch):
+                    out.append((key, f"every size must be divisible by {divisor} (the S-net's "
+                                     f"2^(levels-1) for network.channels {n.channels}), got {size}"))
             if n.aux and not 1 <= len(n.aux_weights) <= levels - 1:
                 out.append(("network.aux_weights", f"must have 1 to {levels - 1} entries for {levels} "
                                                    f"levels, got {n.aux_weights}"))

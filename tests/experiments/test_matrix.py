@@ -408,6 +408,12 @@ def test_results_files_rebuild_the_matrix_tables(matrix_run: dict, tmp_path: Pat
                 a, b = agg.summary[arm][organ][m], ref.summary[arm][organ][m]
                 assert a["n"] == b["n"]
                 assert a["mean"] == pytest.approx(b["mean"], abs=1e-5, nan_ok=True)
+    for arm in ref.arms:  # the cost table too: iterations run and train seconds travel in the files
+        assert agg.costs[arm]["iterations"] == ref.costs[arm]["iterations"]
+        a_s, r_s = agg.costs[arm]["train_seconds"], ref.costs[arm]["train_seconds"]
+        assert a_s["mean"] == pytest.approx(r_s["mean"])
+        assert agg.costs[arm]["iterations"]["n"] >= 1
+
     def tests(a):
         return {(frozenset((t["a"], t["b"])), t["organ"], t["metric"]): t["p"] for t in a.tests}
 
@@ -447,3 +453,25 @@ def test_dsc_against_labels_figure(matrix_run: dict, tmp_path: Path) -> None:
     assert plot_metric_vs_labels(one, tmp_path / "g.png") is None  # one level: no line to draw
     out = write_aggregate(agg, tmp_path / "tables")
     assert "dsc_vs_labels.png" in out
+
+
+def test_cost_table_shows_the_mask_in_use_and_its_accuracy(tmp_path: Path) -> None:
+    from advseg.experiments.aggregate import CellResult, _cell_info, cost_summary
+
+    val = {"d_auc_real_fake": 0.7, "conf_auc_correct": 0.8, "softmax_auc_correct": 0.9,
+           "product_pass_fraction": 0.6, "product_pass_accuracy": 0.97, "softmax_pass_fraction": 0.9,
+           "softmax_pass_accuracy": 0.93, "region_accuracy": 0.91}
+    semi = {"config": {"adversarial": {"enabled": True, "semi": True, "mask_source": "product"}},
+            "train": {"iterations": 100, "best_iteration": 50}, "seconds": {"train": 10.0}}
+    cells = [CellResult("m", "n4", seed, 0, tmp_path, tmp_path,
+                        info=_cell_info({**semi, "train": {"iterations": it, "best_iteration": 50}},
+                                        {**val, "conf_auc_correct": auc}))
+             for seed, (it, auc) in enumerate([(100, 0.8), (300, 0.6)])]
+    c = cost_summary(cells)
+    assert c["iterations"]["mean"] == 200 and c["iterations"]["n"] == 2
+    assert c["conf_auc_correct"]["mean"] == pytest.approx(0.7)
+    assert c["mask_pass_fraction"]["mean"] == pytest.approx(0.6)  # the product mask's, not softmax's
+    assert c["mask_pass_accuracy"]["mean"] == pytest.approx(0.97)
+    sup = cost_summary([CellResult("s", "n4", 0, 0, tmp_path, tmp_path, info=_cell_info(
+        {"config": {"adversarial": {"enabled": False}}, "train": {"iterations": 80}}, None))])
+    assert sup["mask_pass_fraction"]["n"] == 0 and sup["iterations"]["mean"] == 80

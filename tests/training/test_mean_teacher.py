@@ -63,3 +63,16 @@ def test_unlabeled_batch_size(tiny_phantom: Path, tmp_path: Path) -> None:
     _, data, _ = prepare_training(cfg, tiny_phantom, tmp_path / "run", progress=False)
     assert data.labeled.next()["image"].shape[0] == 2
     assert data.unlabeled.next()["image"].shape[0] == 1
+
+
+def test_unlabeled_patch_size(tiny_phantom: Path, tmp_path: Path) -> None:
+    from advseg.training.api import prepare_training
+
+    cfg = _cfg("train.unlabeled_patch_size=[8, 16, 16]")
+    _, data, _ = prepare_training(cfg, tiny_phantom, tmp_path / "run", progress=False)
+    assert tuple(data.labeled.next()["image"].shape[2:]) == tuple(cfg.data.patch_size)
+    assert tuple(data.unlabeled.next()["image"].shape[2:]) == (8, 16, 16)
+    with pytest.raises(InputError, match="divisible"):
+        _cfg("train.unlabeled_patch_size=[8, 16, 15]")
+    with pytest.raises(InputError, match="one size"):
+        _cfg("train.unlabeled_patch_size=[8, 16, 16]", "adversarial.joint_forward=true")

@@ -33,7 +33,7 @@ from typing import Any
 
 from advseg.errors import InputError
 from advseg.evaluation.stats import best_rows, describe, paired_wilcoxon
-from advseg.experiments.results import is_results_folder, read_results
+from advseg.experiments.results import is_results_folder, read_results, validation_records
 from advseg.metrics.accumulate import METRIC_UNITS, METRICS
 
 TABLE_METRICS: tuple[str, ...] = ("dsc", "ahd", "ashd", "rvd", "hd95", "nsd")
@@ -72,6 +72,9 @@ class CellResult:
     predictions: Path | None = None
     cases: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"images": [..], "label": ..}
     per_case: list[dict[str, Any]] | None = None  # rows of a cell-result file (then no per_case.csv)
+    # {"train": {...iterations, best_iteration}, "seconds": {...}, "validation": the validation record at
+    # the evaluated checkpoint (D diagnostics)}, where the cell's record tells them
+    info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def arm(self) -> str:
@@ -142,6 +145,8 @@ def find_results(path: str | Path) -> Collection:
                 method=c["method"], level=c["level"]["label"], seed=c["seed"], fold=c["fold"], run_dir=folder,
                 evaluation=folder / "evaluation", predictions=folder / "predictions",
                 cases={t["name"]: t for t in record.get("test_cases", [])},
+                info=_cell_info(record, validation_records(
+                    folder, record.get("train", {}).get("best_iteration"))[1]),
             ))
         return Collection("matrix", root, manifest.get("name", root.name), cells, len(manifest["cells"]),
                           arms, manifest.get("compare", "same_level"), manifest.get("report") or {},
@@ -159,6 +164,19 @@ def find_results(path: str | Path) -> Collection:
     return Collection("runs", root, root.name, cells, len(runs), [c.arm for c in cells], "all", run_dirs=runs)
 
 
+def _cell_info(record: Mapping[str, Any], validation: Mapping[str, Any] | None) -> dict[str, Any]:
+    val = dict(validation or {})
+    adv = (record.get("config") or record.get("requested_config") or {}).get("adversarial") or {}
+    if adv.get("enabled") and adv.get("semi"):
+        # the semi-supervised mask the cell trained with: its passing share and accuracy
+        source = adv.get("mask_source", "d")
+        for key in ("pass_fraction", "pass_accuracy"):
+            if f"{source}_{key}" in val:
+                val[f"mask_{key}"] = val[f"{source}_{key}"]
+    return {"train": dict(record.get("train") or {}), "seconds": dict(record.get("seconds") or {}),
+            "validation": val}
+
+
 def _level_order(label: str) -> tuple[int, float]:
     """Counts (``n4``) before fractions, each ascending: the labeled-data axis of the tables."""
     return (0, float(label[1:])) if label.startswith("n") else (1, float(label))
@@ -173,7 +191,7 @@ def _results_collection(root: Path) -> Collection:
         path = Path(d["_path"])
         cells.append(CellResult(method=c["method"], level=c["level"]["label"], seed=int(c["seed"]),
                                 fold=int(c["fold"]), run_dir=path.parent, evaluation=path.parent,
-                                per_case=d["per_case"]))
+                                per_case=d["per_case"], info=_cell_info(d, d.get("best_validation"))))
     methods = list(dict.fromkeys(c.method for c in cells))
     levels = sorted({c.level for c in cells}, key=_level_order)
     arms = [f"{m}@{lv}" for m in methods for lv in levels if any(c.arm == f"{m}@{lv}" for c in cells)]
@@ -257,6 +275,7 @@ class Aggregate:
     nsd_tolerance_mm: float = 2.0
     notes: list[str] = field(default_factory=list)
     training_cases: int | None = None  # the fold's training-set size, when known (places fractions)
+    costs: dict[str, dict[str, Any]] = field(default_factory=dict)  # arm -> cost_summary(...)
 
     def samples(self, arm: str) -> int:
         return len({(r["case"], r["fold"], r["seed"]) for r in self.rows if r["arm"] == arm})
@@ -318,13 +337,14 @@ def aggregate(
                 t = paired_wilcoxon(va, vb, m)
                 tests.append({"a": a, "b": b, "organ": organ, "metric": m, "n": t.n, "statistic": t.statistic,
                               "p": t.p, "mean_diff": t.mean_diff})
+    costs = {arm: cost_summary([c for c in collection.cells if c.arm == arm]) for arm in arms}
     notes = []
     if len(collection.cells) < collection.total_cells:
         notes.append(f"{len(collection.cells)} of {collection.total_cells} cells finished; the tables cover "
                      "only those")
     return Aggregate(collection.name, arms, arm_info, organs, present, summary, tests, rows,
                      len(collection.cells), collection.total_cells, collection.nsd_tolerance_mm, notes,
-                     training_cases=collection.training_cases)
+                     training_cases=collection.training_cases, costs=costs)
 
 
 def _keyed(rows: list[dict[str, Any]], arm: str, organ: str, metric: str) -> dict[tuple, float]:
@@ -435,10 +455,65 @@ def test_table(agg: Aggregate, metric: str) -> Table | None:
                  ["l", "l", *["r"] * len(agg.organs)])
 
 
+# D diagnostics of a validation record (advseg.training.diagnostics) shown per arm, in this order
+DIAGNOSTICS: tuple[tuple[str, str], ...] = (
+    ("d_auc_real_fake", "D AUC real/fake"),
+    ("conf_auc_correct", "D AUC right/wrong"),
+    ("softmax_auc_correct", "softmax AUC right/wrong"),
+    ("product_auc_correct", "D x softmax AUC"),
+    ("t_semi", "T_semi"),
+    ("mask_pass_fraction", "mask pass fraction"),
+    ("mask_pass_accuracy", "mask pass accuracy"),
+    ("region_accuracy", "region accuracy"),
+)
+
+
+def cost_summary(cells: Sequence[CellResult]) -> dict[str, Any]:
+    """Per arm: train seconds and iterations run (early stopping) / of the evaluated checkpoint, as
+    ``describe`` stats over the cells, and the mean of each D diagnostic over the cells that logged it
+    (from the validation at the evaluated checkpoint)."""
+    out: dict[str, Any] = {
+        "train_seconds": describe([c.info.get("seconds", {}).get("train", math.nan) for c in cells]),
+        "iterations": describe([c.info.get("train", {}).get("iterations", math.nan) for c in cells]),
+        "best_iteration": describe([c.info.get("train", {}).get("best_iteration", math.nan) for c in cells]),
+    }
+    for key, _ in DIAGNOSTICS:
+        vals = [c.info.get("validation", {}).get(key) for c in cells]
+        out[key] = describe([v if isinstance(v, int | float) else math.nan for v in vals])
+    return out
+
+
+def _plain(stats: Mapping[str, Any], digits: int) -> str:
+    if not int(stats.get("n") or 0):
+        return "-"
+    if int(stats["n"]) > 1 and math.isfinite(stats["std"]):
+        return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+    return f"{stats['mean']:.{digits}f}"
+
+
+def cost_table(agg: Aggregate) -> Table | None:
+    """Rows arms: cells, train seconds, iterations run and at the evaluated checkpoint, and the D
+    diagnostics that any arm logged (mean ± std over its cells)."""
+    if not agg.costs or not any(int(c["train_seconds"]["n"]) for c in agg.costs.values()):
+        return None
+    diag = [(k, t) for k, t in DIAGNOSTICS if any(int(c[k]["n"]) for c in agg.costs.values())]
+    header = ["Method", "Labeled", "cells", "train s", "iterations", "best at", *[t for _, t in diag]]
+    rows = []
+    for arm in agg.arms:
+        c, info = agg.costs[arm], agg.arm_info[arm]
+        rows.append([(info["method"], False), (level_text(info["level"]), False), (str(info["cells"]), False),
+                     (_plain(c["train_seconds"], 0), False), (_plain(c["iterations"], 0), False),
+                     (_plain(c["best_iteration"], 0), False), *[(_plain(c[k], 3), False) for k, _ in diag]])
+    return Table("Cost and D diagnostics (validation at the evaluated checkpoint)", header, rows,
+                 ["l", "l", *["r"] * (len(header) - 2)])
+
+
 def tables(agg: Aggregate) -> list[Table]:
     out = [overview_table(agg, "dsc")]
     if "hd95" in agg.metrics:
         out.append(overview_table(agg, "hd95"))
+    if (cost := cost_table(agg)) is not None:
+        out.append(cost)
     out += [organ_table(agg, o) for o in agg.organs]
     out += [t for m in TEST_METRICS if m in agg.metrics and (t := test_table(agg, m)) is not None]
     return out
@@ -550,6 +625,8 @@ def write_aggregate(agg: Aggregate, out_dir: str | Path) -> dict[str, Path]:
         "summary": {a: {o: {m: {k: _nan_none(v) for k, v in s.items()} for m, s in om.items()}
                         for o, om in agg.summary[a].items()} for a in agg.arms},
         "wilcoxon": [{k: _nan_none(v) for k, v in t.items()} for t in agg.tests],
+        "costs": {a: {k: {kk: _nan_none(vv) for kk, vv in st.items()} for k, st in c.items()}
+                  for a, c in agg.costs.items()},
         "notes": agg.notes,
     }
     paths = {

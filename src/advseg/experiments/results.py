@@ -56,11 +56,14 @@ def _per_case(folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _last_validation(folder: Path) -> dict[str, Any] | None:
+def validation_records(
+    folder: Path, best_iteration: Any = None
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The run's last validation record and the one at ``best_iteration`` (the checkpoint evaluated)."""
     log = folder / "log.jsonl"
     if not log.is_file():
-        return None
-    last = None
+        return None, None
+    last = best = None
     for line in log.read_text().splitlines():
         try:
             rec = json.loads(line)
@@ -68,7 +71,9 @@ def _last_validation(folder: Path) -> dict[str, Any] | None:
             continue
         if rec.get("kind") == "val":
             last = rec
-    return last
+            if best_iteration is not None and rec.get("iteration") == best_iteration:
+                best = rec
+    return last, best
 
 
 def cell_result(folder: str | Path, command: str | None = None) -> dict[str, Any]:
@@ -81,6 +86,7 @@ def cell_result(folder: str | Path, command: str | None = None) -> dict[str, Any
         raise InputError(folder, "not a finished experiment cell (no cell.json)")
     record = json.loads(marker.read_text())
     cfg = record.get("requested_config", {})
+    last, best = validation_records(folder, record.get("train", {}).get("best_iteration"))
     return _finite({
         "format": RESULT_FORMAT,
         "cell": {k: v for k, v in record["cell"].items() if k not in ("index", "folder")},
@@ -93,7 +99,8 @@ def cell_result(folder: str | Path, command: str | None = None) -> dict[str, Any
         "cases": _case_counts(folder),
         "per_case": _per_case(folder),
         "summary": record.get("summary", {}),
-        "last_validation": _last_validation(folder),
+        "last_validation": last,
+        "best_validation": best,
         "hardware": {"machine": platform.machine(), "cpu_count": os.cpu_count(),
                      "torch_threads": _torch_threads()},
         "finished": record.get("finished"),

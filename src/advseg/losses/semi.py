@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from advseg.ops import channel_argmax
+
 
 def semi_supervised_loss(
     seg_logits: torch.Tensor, d_logits_fake: torch.Tensor, t_semi: float = 0.2
@@ -53,7 +55,7 @@ def masked_self_training_loss(
     _check_confidence_shape(seg_logits, confidence)
     with torch.no_grad():
         mask = confidence.detach()[:, 0] > threshold
-        target = seg_logits.detach().argmax(dim=1)
+        target = channel_argmax(seg_logits.detach())
     ce = F.cross_entropy(seg_logits, target, reduction="none")  # (B, *spatial)
     # where() instead of multiplying: a masked-out voxel then passes exactly zero gradient.
     loss = torch.where(mask, ce, torch.zeros_like(ce)).sum() / mask.sum().clamp_min(1)
@@ -103,7 +105,7 @@ def fusion_pseudo_label(
     if choose_a.numel() != seg_a_logits.shape[0]:
         raise ValueError(f"need one preference logit per sample, got {tuple(d_logit_a_better.shape)}")
     with torch.no_grad():
-        label_a, label_b = seg_a_logits.argmax(dim=1), seg_b_logits.argmax(dim=1)
+        label_a, label_b = channel_argmax(seg_a_logits), channel_argmax(seg_b_logits)
         choose = choose_a.view(-1, *([1] * (label_a.ndim - 1)))
         return torch.where(choose, label_a, label_b)
 

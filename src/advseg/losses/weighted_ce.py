@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advseg.errors import InputError
+from advseg.ops import channel_argmax
 
 _NO_IGNORE = -100  # torch's default ignore_index; never a class index here
 
@@ -129,7 +130,7 @@ class AdaptiveWeightedCE(nn.Module):
         """Hard Dice per class pooled over the batch, ``(C,)``; NaN where the class is in neither the
         prediction nor the target."""
         target = index_target(target, logits)
-        pred = logits.argmax(dim=1)
+        pred = channel_argmax(logits)
         valid = None if self.ignore_index is None else target != self.ignore_index
         classes = torch.arange(self.num_classes, device=logits.device).view(-1, *([1] * target.ndim))
         p = pred.unsqueeze(0) == classes  # (C, B, *S)

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from advseg.ops import channel_argmax, onehot_channels
+
 if TYPE_CHECKING:
     from advseg.config import AdversarialConfig
 
@@ -46,7 +48,7 @@ def onehot(target: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.fl
         raise ValueError(
             f"label values must lie in [0, {num_classes}), found [{int(target.min())}, {int(target.max())}]"
         )
-    return F.one_hot(target.long(), num_classes).movedim(-1, 1).to(dtype)
+    return onehot_channels(target, num_classes, dtype)
 
 
 def onehot_straight_through(probs: torch.Tensor) -> torch.Tensor:
@@ -61,7 +63,7 @@ def onehot_straight_through(probs: torch.Tensor) -> torch.Tensor:
     """
     if probs.ndim < 2:
         raise ValueError(f"expected (B, C, ...) probabilities, got shape {tuple(probs.shape)}")
-    hard = F.one_hot(probs.argmax(dim=1), probs.shape[1]).movedim(-1, 1).to(probs.dtype)
+    hard = onehot_channels(channel_argmax(probs), probs.shape[1], probs.dtype)
     return hard + (probs - probs.detach())
 
 

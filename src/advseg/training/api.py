@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,15 @@ def _check_out(out: Path, resume: bool) -> None:
         raise InputError(out, "run folder exists and is not empty (use --resume, or another --out)")
 
 
+def _unlabeled_patch(cfg: Config, patch: Sequence[int]) -> Sequence[int]:
+    """The unlabeled batches' patch size: ``train.unlabeled_patch_size`` (2-D: its last two sizes), or
+    the labeled ``patch``."""
+    size = cfg.train.unlabeled_patch_size
+    if size is None:
+        return patch
+    return size[1:] if cfg.network.spatial_dims == 2 and len(size) == 3 else size
+
+
 def prepare_training(
     cfg: Config | None,
     data: str | Path,
@@ -169,7 +179,8 @@ def prepare_training(
             cfg.augment, spatial_dims=spatial_dims, seed=cfg.train.seed + 1, swap_labels_on_flip=pairs
         )
         unlabeled_src = BatchSource(
-            PatchDataset(u_imgs, None, patch, 0.0, augment_u, seed=cfg.train.seed + 1, names=unl_names),
+            PatchDataset(u_imgs, None, _unlabeled_patch(cfg, patch), 0.0, augment_u, seed=cfg.train.seed + 1,
+                         names=unl_names),
             cfg.train.unlabeled_batch_size or cfg.train.batch_size,
         )
     elif cfg.uses_unlabeled:

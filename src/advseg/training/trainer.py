@@ -43,6 +43,7 @@ from advseg.errors import InputError
 from advseg.inference.sliding import predict_logits
 from advseg.losses import build_loss
 from advseg.networks.factory import build_network, channels_last_input, to_channels_last
+from advseg.ops import channel_argmax
 from advseg.training import distributed
 from advseg.training.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -464,7 +465,7 @@ class Trainer:
         self._val_figure: list[tuple[np.ndarray, torch.Tensor]] = []
         for img, lbl in zip(self.data.val_images, self.data.val_labels, strict=True):
             logits = self.predict_volume(img)
-            pred = logits.argmax(1)[0].cpu().numpy()
+            pred = channel_argmax(logits)[0].cpu().numpy()
             per_case.append(dice_per_class(pred, lbl, self.data.num_classes))
             if len(self._val_figure) < self.FIGURE_CASES:
                 self._val_figure.append((pred, torch.softmax(logits, dim=1)))

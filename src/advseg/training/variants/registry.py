@@ -14,6 +14,7 @@ from torch import nn
 
 from advseg.config import Config
 from advseg.networks.discriminators import build_discriminator_input, onehot, resolve_d_input
+from advseg.ops import channel_argmax
 from advseg.training.trainer import Trainer
 from advseg.training.variants.adversarial import AdversarialTrainer
 from advseg.training.variants.asdnet import AsdnetTrainer
@@ -67,7 +68,7 @@ def confidence_map(
     if not has_confidence_map(cfg):
         raise ValueError(f"the '{a.discriminator}' discriminator scores whole images: it has no per-voxel "
                          "confidence map")
-    labels = onehot(probs.argmax(1), probs.shape[1], dtype=probs.dtype) if a.onehot_fake else probs
+    labels = onehot(channel_argmax(probs), probs.shape[1], dtype=probs.dtype) if a.onehot_fake else probs
     d_in = build_discriminator_input(resolve_d_input(a), image + a.d_image_offset, labels)
     if cfg.network.spatial_dims == 2:
         slices = d_in[0].transpose(0, 1)  # (Z, C', Y, X)
