@@ -258,6 +258,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for preset in ("cpu", "paper"):
         pts = [r for r in rows if r.get("scaling") and r["preset"] == preset and "seconds_median" in r]
+        pts.sort(key=lambda r: r["voxels"])
         vox = [r["voxels"] / 1e6 for r in pts]
         axes[0].loglog(vox, [r["seconds_median"] for r in pts], "o-", label=f"{preset} S-net")
         axes[1].loglog(vox, [r["peak_rss_MiB"] / 1024 for r in pts], "o-", label=f"{preset} S-net")
