@@ -83,6 +83,8 @@ def test_precision_auto_and_bad_values() -> None:
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
     assert resolve_precision("auto", torch.device("cpu")) in ("fp32", "bf16")
     assert resolve_precision("auto", torch.device("cuda")) == "fp32"
+    assert resolve_precision("auto", torch.device("cpu"), "monai:UNet") == "fp32"  # not validated in bf16
+    assert resolve_precision("bf16", torch.device("cpu"), "monai:UNet") == "bf16"
     with pytest.raises(InputError, match="precision"):
         resolve_precision("fp8", torch.device("cpu"))
     with pytest.raises(InputError, match="engine"):

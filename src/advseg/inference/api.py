@@ -65,7 +65,7 @@ class SegmentationModel:
         self.source_net = self.net  # the trained float32 network, as in the checkpoint
         # What runs it: folded batch norm, bf16 on CPUs that have it (inference.precision), or an
         # ONNX Runtime / OpenVINO graph; see advseg.inference.engines.
-        self.precision = resolve_precision(cfg.inference.precision, self.device)
+        self.precision = resolve_precision(cfg.inference.precision, self.device, cfg.network.name)
         self.engine_name = engine
         self.engine = build_engine(self.net, engine, self.device, self.precision)
         self.discriminator = None

@@ -49,14 +49,16 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> ``bf16`` on a CPU with native bf16 (:func:`cpu_has_bf16`), else ``fp32``. On CUDA
-    ``auto`` is ``fp32`` here; the model's ``train.amp`` autocast (fp16) applies as before."""
+def resolve_precision(precision: str, device: torch.device, network: str = "res_unet") -> str:
+    """``auto`` -> ``bf16`` for advseg's S-net (``network == "res_unet"``, whose bf16 labels were
+    measured against fp32) on a CPU with native bf16 (:func:`cpu_has_bf16`), else ``fp32`` (MONAI
+    networks: asked for explicitly). On CUDA ``auto`` is ``fp32`` here; the model's ``train.amp``
+    autocast (fp16) applies as before."""
     if precision not in PRECISIONS:
         raise InputError(None, f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision != "auto":
         return precision
-    return "bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"
+    return "bf16" if device.type == "cpu" and network == "res_unet" and cpu_has_bf16() else "fp32"
 
 
 def require(engine: str) -> Any:
