@@ -348,6 +348,13 @@ class InferenceConfig:
     # interpolation of the softmax, then argmax: smooth boundaries, as nnU-Net) or "labels" (nearest
     # neighbour of the argmax: cheaper for very large images). Same-size grids always take the cheap path.
     resample: str = param("probabilities", one_of("probabilities", "labels"))
+    # Arithmetic of the S-net at prediction (see advseg.inference.engines and docs/inference.md):
+    # "auto" is bf16 on a CPU with native bf16 convolutions (AVX512-BF16 / AMX), else fp32; on CUDA
+    # "auto" keeps train.amp's fp16 autocast. "fp32" is the reference path.
+    precision: str = param("auto", one_of("auto", "fp32", "bf16"))
+    # Slabs per forward pass in the slab recipe; 0 = auto: one at a time on CPU (measured faster and
+    # leaner there than the four as one batch, docs/inference.md), all as one batch on CUDA.
+    slab_batch: int = param(0, ge(0))
 
 
 @dataclass

@@ -95,3 +95,16 @@ def test_keep_largest_component_per_class() -> None:
     lab[0, 6:9, 1:3] = 2
     out = keep_largest_component(lab)
     assert out[0, 7, 7] == 0 and (out[0, 1:4, 1:4] == 1).all() and (out[0, 6:9, 1:3] == 2).all()
+
+
+def test_slab_batch_splits_the_forward_passes_with_the_same_result() -> None:
+    image = torch.randn(1, 1, 64, 8, 8)
+    whole, split = Recorder(), Recorder()
+    out = predict_slabs(whole, image, 16)
+    out2 = predict_slabs(split, image, 16, batch=1)
+    assert whole.batches == [(4, 1, 16, 8, 8)]
+    assert split.batches == [(1, 1, 16, 8, 8)] * 4
+    torch.testing.assert_close(out, out2)
+    rem = Recorder()
+    predict_slabs(rem, torch.randn(1, 1, 40, 8, 8), 16, batch=2)  # 3 slabs, the last aligned to the end
+    assert rem.batches == [(2, 1, 16, 8, 8), (1, 1, 16, 8, 8)]

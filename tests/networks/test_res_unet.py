@@ -173,3 +173,18 @@ def test_to_channels_last_converts_only_5d_tensors() -> None:
     assert isinstance(w3, torch.nn.Parameter)  # same Parameter objects, so optimizers stay attached
     labels = torch.zeros(1, 4, 4, 4, dtype=torch.long)
     assert channels_last_input(labels) is labels
+
+
+
+def test_strided_first_stage_keeps_full_resolution_output() -> None:
+    net = ResUNet(3, 1, 4, channels=TINY, aux=True, stem_stride=2)
+    assert net.size_divisor == 8
+    x = torch.randn(1, 1, 8, 16, 32)
+    outs = net(x)
+    assert all(o.shape == (1, 4, 8, 16, 32) for o in outs)
+    # the first convolution strides in-plane only: 8 slices stay 8
+    assert net.stem(x).shape == (1, 4, 8, 8, 16)
+    with pytest.raises(InputError, match="divisible by 8"):
+        net(torch.randn(1, 1, 8, 16, 20))
+    with pytest.raises(ValueError, match="stem_stride"):
+        ResUNet(3, 1, 4, channels=(4, 8), stem_stride=3)

@@ -177,6 +177,12 @@ def predict(
     ] = False,
     overwrite: Annotated[bool, typer.Option(
         help="Write into an OUTPUT folder that holds other files, or replace an OUTPUT file.")] = False,
+    engine: Annotated[str, typer.Option(
+        help="torch | onnxruntime | openvino (the last two: CPU, optional extras; docs/inference.md)."),
+    ] = "torch",
+    precision: Annotated[str | None, typer.Option(
+        help="auto | fp32 | bf16 (default: inference.precision of the run, auto = bf16 on CPUs with "
+             "native bf16).")] = None,
 ) -> None:
     """Segment images with a trained model; labels come out in each input's original geometry.
 
@@ -188,10 +194,29 @@ def predict(
         predict_path(
             model_dir, input, output, mode=mode, tta=tta, keep_largest=keep_largest,
             checkpoint=checkpoint, save_confidence=save_confidence, device=device, overwrite=overwrite,
-            rtstruct=rtstruct, dicom_seg=dicom_seg, resample=resample,
+            rtstruct=rtstruct, dicom_seg=dicom_seg, resample=resample, engine=engine, precision=precision,
         )
     except InputError as exc:
         fail(exc)
+
+
+@app.command()
+def export(
+    model_dir: Annotated[Path, typer.Argument(help="Training run folder.")],
+    out: Annotated[Path, typer.Argument(help="File to write: *.onnx (onnx) or *.xml (+ .bin, openvino).")],
+    format: Annotated[str, typer.Option("--format", help="onnx | openvino")] = "onnx",
+    checkpoint: Annotated[str, typer.Option(help="best | last")] = "best",
+    overwrite: Annotated[bool, typer.Option(help="Replace existing OUT files.")] = False,
+) -> None:
+    """Export the run's segmenter (batch norm folded, float32, dynamic sizes) for ONNX Runtime or
+    OpenVINO; a <OUT>.json beside it records the labels and preprocessing it expects."""
+    from advseg.inference.deploy import export_run
+
+    try:
+        files = export_run(model_dir, out, format, checkpoint=checkpoint, overwrite=overwrite)
+    except InputError as exc:
+        fail(exc)
+    typer.echo("wrote " + ", ".join(str(f) for f in files))
 
 
 @app.command()

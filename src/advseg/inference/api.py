@@ -22,6 +22,7 @@ import torch
 from advseg.config import Config, config_from_dict
 from advseg.data.preprocess import Preprocessor
 from advseg.errors import InputError
+from advseg.inference.engines import build_engine, resolve_precision
 from advseg.inference.postprocess import keep_largest_component
 from advseg.inference.sliding import flip_tta, predict_logits
 from advseg.io import Volume, read_volume, strip_suffix, write_volume
@@ -55,6 +56,7 @@ class SegmentationModel:
         labels: dict[int, str],
         lr_pairs: list[tuple[int, int]],
         device: str = "auto",
+        engine: str = "torch",
     ) -> None:
         self.cfg = cfg
         self.labels = labels
@@ -63,6 +65,12 @@ class SegmentationModel:
         self.net = build_network(cfg.network).to(self.device).eval()
         self.net.load_state_dict(state["nets"]["S"])
         to_channels_last(self.net)  # measured ~2x faster 3D convolutions on CPU (oneDNN)
+        self.source_net = self.net  # the trained float32 network, as in the checkpoint
+        # What runs it: folded batch norm, bf16 on CPUs that have it (inference.precision), or an
+        # ONNX Runtime / OpenVINO graph; see advseg.inference.engines.
+        self.precision = resolve_precision(cfg.inference.precision, self.device, cfg.network.name)
+        self.engine_name = engine
+        self.engine = build_engine(self.net, engine, self.device, self.precision)
         self.discriminator = None
         if "D" in state["nets"]:
             self.discriminator = build_discriminator(cfg, len(labels) if labels else cfg.network.out_channels)
@@ -74,16 +82,18 @@ class SegmentationModel:
     def logits(self, image: torch.Tensor) -> torch.Tensor:
         """``(1, C, Z, Y, X)`` preprocessed -> logits ``(1, K, Z, Y, X)``."""
         ic = self.cfg.inference
-        use_amp = self.device.type == "cuda" and self.cfg.train.amp
-        with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+        bf16 = self.precision == "bf16"
+        use_amp = self.device.type == "cuda" and (self.cfg.train.amp or bf16)
+        with torch.autocast("cuda", dtype=torch.bfloat16 if bf16 else torch.float16, enabled=use_amp):
             return predict_logits(
-                self.net,
+                self.engine,
                 image,
                 self.cfg.data.patch_size,
                 mode=ic.mode,
                 overlap=ic.overlap,
                 sw_batch_size=ic.sw_batch_size,
                 spatial_dims=self.cfg.network.spatial_dims,
+                slab_batch=ic.slab_batch or (1 if self.device.type == "cpu" else 0),
             ).float()
 
     def _to_original(self, probs: torch.Tensor, pred: torch.Tensor, info: dict[str, Any]) -> np.ndarray:
@@ -126,9 +136,13 @@ def _resized(info: dict[str, Any], shape: tuple[int, ...]) -> bool:
 
 
 def load_model(
-    run_dir: str | Path, checkpoint: str = "best", device: str = "auto", **inference_overrides: Any
+    run_dir: str | Path, checkpoint: str = "best", device: str = "auto", engine: str = "torch",
+    **inference_overrides: Any
 ) -> SegmentationModel:
-    """Load ``checkpoint_<checkpoint>.pt`` of a run folder (falls back to ``last`` if no ``best``)."""
+    """Load ``checkpoint_<checkpoint>.pt`` of a run folder (falls back to ``last`` if no ``best``).
+
+    ``engine``: ``torch`` | ``onnxruntime`` | ``openvino`` (:mod:`advseg.inference.engines`);
+    ``inference_overrides`` replace ``inference.*`` keys of the run's config (e.g. ``precision``)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise InputError(run_dir, "model folder not found (expected a training run folder)")
@@ -145,7 +159,7 @@ def load_model(
     info_path = run_dir / "dataset_info.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
     labels = {int(k): v for k, v in state.get("labels", {}).items()}
-    return SegmentationModel(cfg, state, labels, info.get("lr_pairs", []), device=device)
+    return SegmentationModel(cfg, state, labels, info.get("lr_pairs", []), device=device, engine=engine)
 
 
 def _case_name(path: Path) -> str:
@@ -263,6 +277,8 @@ def predict_path(
     rtstruct: bool = False,
     dicom_seg: bool = False,
     resample: bool = False,
+    engine: str = "torch",
+    precision: str | None = None,
 ) -> list[Path]:
     """Segment a NIfTI file, every image of a folder, or every CT series of a DICOM folder tree;
     write ``<case>.nii.gz`` label maps (and, for DICOM input, see :func:`predict_dicom`).
@@ -282,7 +298,8 @@ def predict_path(
         flag = "--rtstruct" if rtstruct else "--dicom-seg"
         raise InputError(input, f"{flag} needs a folder of DICOM CT series as INPUT (it references their "
                                 "UIDs)")
-    model = load_model(model_dir, checkpoint, device, mode=mode, tta_flip=tta, keep_largest=keep_largest)
+    model = load_model(model_dir, checkpoint, device, engine, mode=mode, tta_flip=tta,
+                       keep_largest=keep_largest, precision=precision)
     if dicom_input:
         return predict_dicom(model, input, output, rtstruct=rtstruct, dicom_seg=dicom_seg, resample=resample,
                              save_confidence=save_confidence, progress=progress, overwrite=overwrite)

@@ -20,9 +20,17 @@ def _logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out[0] if isinstance(out, list | tuple) else out
 
 
-def predict_slabs(model: torch.nn.Module, image: torch.Tensor, slab: int) -> torch.Tensor:
+def _batched(model: torch.nn.Module, batch: torch.Tensor, size: int) -> torch.Tensor:
+    """``model`` on ``batch`` in chunks of ``size`` samples (0: all at once), outputs concatenated."""
+    if size <= 0 or batch.shape[0] <= size:
+        return _logits(model, batch)
+    return torch.cat([_logits(model, batch[i : i + size]) for i in range(0, batch.shape[0], size)])
+
+
+def predict_slabs(model: torch.nn.Module, image: torch.Tensor, slab: int, batch: int = 0) -> torch.Tensor:
     """The pelvic study's recipe: cut ``(1, C, Z, Y, X)`` into ``Z / slab`` consecutive slabs,
-    predict them as one batch and stack them back. Returns logits ``(1, K, Z, Y, X)``.
+    predict them as one batch (or ``batch`` slabs at a time: less memory) and stack them back.
+    Returns logits ``(1, K, Z, Y, X)``.
 
     When ``Z`` is not a multiple of ``slab`` the last slab is aligned to the end of the volume and its
     overlap with the previous slab is averaged.
@@ -30,7 +38,7 @@ def predict_slabs(model: torch.nn.Module, image: torch.Tensor, slab: int) -> tor
     _, c, z, y, x = image.shape
     if z % slab == 0:
         slabs = image.view(c, z // slab, slab, y, x).transpose(0, 1)  # (n, C, slab, Y, X), no copy
-        out = _logits(model, slabs)  # (n, K, slab, Y, X)
+        out = _batched(model, slabs, batch)  # (n, K, slab, Y, X)
         k = out.shape[1]
         return out.transpose(0, 1).reshape(1, k, z, y, x)
     if z < slab:
@@ -40,8 +48,7 @@ def predict_slabs(model: torch.nn.Module, image: torch.Tensor, slab: int) -> tor
     starts = list(range(0, z - slab + 1, slab))
     if starts[-1] != z - slab:
         starts.append(z - slab)
-    batch = torch.cat([image[:, :, s : s + slab] for s in starts])
-    out = _logits(model, batch)
+    out = _batched(model, torch.cat([image[:, :, s : s + slab] for s in starts]), batch)
     acc = torch.zeros((1, out.shape[1], z, y, x), dtype=out.dtype, device=out.device)
     count = torch.zeros((1, 1, z, 1, 1), dtype=out.dtype, device=out.device)
     for i, s in enumerate(starts):
@@ -65,6 +72,7 @@ def predict_logits(
     overlap: float = 0.5,
     sw_batch_size: int = 2,
     spatial_dims: int = 3,
+    slab_batch: int = 0,
 ) -> torch.Tensor:
     """Logits ``(1, K, Z, Y, X)`` for a preprocessed image ``(1, C, Z, Y, X)``.
 
@@ -83,7 +91,7 @@ def predict_logits(
         divisor is not None and all(s % divisor == 0 for s in image.shape[-2:])
     )
     if mode == "slabs" and whole_slices:
-        return predict_slabs(model, image, pz)
+        return predict_slabs(model, image, pz, slab_batch)
     if mode not in ("slabs", "sliding_window"):
         raise ValueError(f"unknown inference mode {mode!r}")
     return sliding_window_inference(

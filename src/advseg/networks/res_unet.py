@@ -17,9 +17,11 @@ from advseg.networks.blocks import (
     ACTS,
     NORMS,
     POOLINGS,
+    act_layer,
     check_spatial_dims,
     conv,
     down_layer,
+    norm_layer,
     residual_stage,
     up_conv,
 )
@@ -46,6 +48,14 @@ class ResUNet(nn.Module):
     bottleneck is 4 x 32 x 32. More levels (e.g. a 1/8 bottleneck with ``(64, 128, 256, 512)``) are
     supported. Every input spatial size must be divisible by ``2 ** (L - 1)``; otherwise forward raises
     :class:`InputError` naming the shape.
+
+    Strided first stage (``stem_stride=2``, a speed variant, not the study's network): a 3-wide
+    convolution with in-plane stride 2 (``(1, 2, 2)``: Z keeps its 16 slices) + norm + activation
+    ``in_channels -> channels[0]`` before encoder level 0, so the whole U-Net above runs at half the
+    in-plane resolution (4x fewer voxels at the widest level; MONAI's ``UNet`` strides its first
+    layer the same way), and a transposed convolution (kernel = stride = ``(1, 2, 2)``) + norm +
+    activation back to full resolution before the classifier. Sizes must then be divisible by
+    ``2 ** levels``.
 
     Auxiliary classifiers (``aux=True``): ``len(aux_weights)`` 1 x 1 convolutions on the decoder
     features at 1/2, 1/4, ... resolution (decoder level ``k = 1 .. len(aux_weights)``; the deepest
@@ -78,6 +88,7 @@ class ResUNet(nn.Module):
         norm: str = "batch",
         act: str = "relu",
         dropout: float = 0.0,
+        stem_stride: int = 1,
     ) -> None:
         super().__init__()
         check_spatial_dims(spatial_dims)
@@ -94,6 +105,8 @@ class ResUNet(nn.Module):
             raise ValueError(f"act must be one of {', '.join(ACTS)}, got {act!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if stem_stride not in (1, 2):
+            raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
         aux_weights = tuple(float(w) for w in aux_weights) if aux else ()
         if aux and not 1 <= len(aux_weights) <= len(channels) - 1:
             raise ValueError(f"aux needs 1 to {len(channels) - 1} aux_weights for {len(channels)} levels, "
@@ -108,7 +121,24 @@ class ResUNet(nn.Module):
         def stage(in_ch: int, out_ch: int) -> nn.Sequential:
             return residual_stage(spatial_dims, in_ch, out_ch, res_blocks, norm, act, dropout)
 
-        self.encoder = nn.ModuleList([stage(in_channels, channels[0])])
+        self.stem_stride = int(stem_stride)
+        self.stem: nn.Module = nn.Identity()
+        self.stem_up: nn.Module = nn.Identity()
+        first_in = in_channels
+        if self.stem_stride == 2:
+            # In-plane only: the 16-slice slabs of the study would otherwise reach a 1-slice
+            # bottleneck (and a multi-scale pool on 2 slices) in a 4-level network.
+            inplane = (1, 2, 2) if spatial_dims == 3 else (2, 2)
+            conv_cls = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
+            up_cls = nn.ConvTranspose3d if spatial_dims == 3 else nn.ConvTranspose2d
+            self.stem = nn.Sequential(
+                conv_cls(in_channels, channels[0], 3, stride=inplane, padding=1, bias=False),
+                norm_layer(norm, spatial_dims, channels[0]), act_layer(act))
+            self.stem_up = nn.Sequential(
+                up_cls(channels[0], channels[0], kernel_size=inplane, stride=inplane, bias=False),
+                norm_layer(norm, spatial_dims, channels[0]), act_layer(act))
+            first_in = channels[0]
+        self.encoder = nn.ModuleList([stage(first_in, channels[0])])
         self.down = nn.ModuleList()
         for lvl in range(1, self.levels):
             self.down.append(down_layer(pooling, spatial_dims, channels[lvl - 1], norm, act))
@@ -129,7 +159,7 @@ class ResUNet(nn.Module):
     @property
     def size_divisor(self) -> int:
         """Every input spatial size must be a multiple of this (``2 ** (levels - 1)``)."""
-        return 2 ** (self.levels - 1)
+        return 2 ** (self.levels - 1) * self.stem_stride
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != self.spatial_dims + 2:
@@ -146,7 +176,7 @@ class ResUNet(nn.Module):
         "fused": main + sum_k aux_weights[k] * aux[k]}`` (``fused is main`` without aux)."""
         self._check_input(x)
         skips = []
-        h = x
+        h = self.stem(x)
         for lvl in range(self.levels):
             if lvl > 0:
                 h = self.down[lvl - 1](h)
@@ -157,7 +187,7 @@ class ResUNet(nn.Module):
         for lvl in range(self.levels - 2, -1, -1):
             h = self.decoder[lvl](torch.cat([self.up[lvl](h), skips[lvl]], dim=1))
             features[lvl] = h
-        main = self.head(h)
+        main = self.head(self.stem_up(h))
         size = tuple(x.shape[2:])
         aux = [F.interpolate(head(features[k + 1]), size=size, mode=self._interp, align_corners=False)
                for k, head in enumerate(self.aux_heads)]
