@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 import torch
+from runtime_marks import needs_ort, needs_ov
 
 from advseg.config import apply_overrides, load_preset
 from advseg.errors import InputError
@@ -91,12 +90,6 @@ def test_precision_auto_and_bad_values() -> None:
         build_engine(_trained_like_net(), "tensorrt")
 
 
-needs_ort = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None
-                               or importlib.util.find_spec("onnxscript") is None,
-                               reason="onnxruntime / onnxscript not installed (pip install 'advseg[onnx]')")
-needs_ov = pytest.mark.skipif(importlib.util.find_spec("openvino") is None
-                              or importlib.util.find_spec("onnxscript") is None,
-                              reason="openvino / onnxscript not installed (pip install 'advseg[openvino]')")
 
 
 @pytest.fixture(scope="module")

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from runtime_marks import needs_ort, needs_ov
 from typer.testing import CliRunner
 
 from advseg.cli.main import app
 from advseg.io import read_volume
 
 runner = CliRunner()
-needs_ort = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None
-                               or importlib.util.find_spec("onnxscript") is None,
-                               reason="onnxruntime / onnxscript not installed (pip install 'advseg[onnx]')")
-needs_ov = pytest.mark.skipif(importlib.util.find_spec("openvino") is None
-                              or importlib.util.find_spec("onnxscript") is None,
-                              reason="openvino / onnxscript not installed (pip install 'advseg[openvino]')")
 
 
 def _predict(run: Path, images: Path, out: Path, *extra: str) -> dict[str, np.ndarray]:
