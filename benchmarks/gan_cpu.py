@@ -1,6 +1,6 @@
 """The ``cpu`` PGGAN preset end to end on the phantom: train, segment the samples, measure (Table I).
 
-    python benchmarks/gan_cpu.py --out /work/runs_gan/cpu --results benchmarks/results/gan_cpu
+    python benchmarks/gan_cpu.py --out runs/gan_cpu --results benchmarks/results/gan_cpu
     python benchmarks/gan_cpu.py --smoke --out /tmp/gan_smoke --results /tmp/gan_smoke/results
 
 1. ``OUT/data``: phantoms of 32 x 64 x 64 voxels (the preset's last stage, so the GAN's grid is the
