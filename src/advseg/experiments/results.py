@@ -170,7 +170,7 @@ def is_results_folder(path: str | Path) -> bool:
     """Whether ``path`` holds cell-result files in their layout (not a matrix or run folder). Only the
     files where :func:`result_path` writes are opened, and only until the first one is found."""
     root = Path(path)
-    if not root.is_dir() or (root / "matrix.json").is_file() or (root / "config.yaml").is_file():
+    if not root.is_dir() or (root / MATRIX_FILE).is_file() or (root / "config.yaml").is_file():
         return False
     for p in root.glob(RESULT_GLOB):
         try:

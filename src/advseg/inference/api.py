@@ -33,6 +33,7 @@ from advseg.io.dicom.series import is_dicom_folder, read_series_folder
 from advseg.io.guard import MANIFEST, check_output_dir, check_output_file, record_outputs, refuse_overlap
 from advseg.networks.confidence import build_discriminator, confidence_map, has_confidence_map
 from advseg.networks.factory import build_network, to_channels_last
+from advseg.ops import channel_argmax
 from advseg.runtime.checkpoint import load_checkpoint
 from advseg.runtime.device import resolve_device
 
@@ -114,7 +115,7 @@ class SegmentationModel:
             probs = flip_tta(self.logits, x, self.lr_pairs)
         else:
             probs = torch.softmax(self.logits(x), dim=1)
-        pred = probs.argmax(1)  # (1, Z, Y, X)
+        pred = channel_argmax(probs)  # (1, Z, Y, X)
         confidence = None
         if with_confidence:
             if self.discriminator is None or not has_confidence_map(self.cfg):
