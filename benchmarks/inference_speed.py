@@ -189,7 +189,7 @@ def _child(row: dict[str, Any], nifti: str, repeats: int, threads: int) -> dict[
     }
 
 
-def _rows(sections: list[str]) -> list[dict[str, Any]]:
+def _rows(sections: list[str], paper_full: bool = False) -> list[dict[str, Any]]:
     fast = {"precision": "bf16"}
     rows: list[dict[str, Any]] = []
     if "levers" in sections:
@@ -207,6 +207,7 @@ def _rows(sections: list[str]) -> list[dict[str, Any]]:
             {"name": "today + bf16 weights + BN folded", **fast, **four},
             {"name": "bf16 + BN folded, 2 slabs a batch", **fast, "slab_batch": 2},
             {"name": "FAST (default): bf16 + BN folded, 1 slab a pass", **fast},
+            {"name": "fp32 (--precision fp32): BN folded, 1 slab a pass", "precision": "fp32"},
             {"name": "fast, 1 thread", **fast, "threads": 1},
             {"name": "fast, contiguous (no channels-last)", **fast, "lever": {"channels_last": False}},
         ]
@@ -228,8 +229,8 @@ def _rows(sections: list[str]) -> list[dict[str, Any]]:
     if "scaling" in sections:
         for preset in ("cpu", "paper"):
             for shape in ("small", "medium", "full"):
-                if preset == "paper" and shape == "full":
-                    continue  # ~5 minutes a run here; see docs/inference.md
+                if preset == "paper" and shape == "full" and not paper_full:
+                    continue  # ~5 minutes a run here: only with --paper-full-ct (docs/inference.md)
                 rows.append({"name": f"scaling {preset} {shape}", "preset": preset, "shape": shape, **fast,
                              "scaling": True, "warmup": shape == "small"})
     return rows
@@ -279,6 +280,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/inference"))
     ap.add_argument("--only", nargs="+", help="run only the rows whose name contains one of these")
+    ap.add_argument("--paper-full-ct", action="store_true",
+                    help="also time the paper S-net on the 200 x 512 x 512 CT (one run, about 5 minutes)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -287,7 +290,7 @@ def main() -> None:
         return
     import numpy as np
 
-    rows = _rows(args.sections)
+    rows = _rows(args.sections, args.paper_full_ct)
     if args.only:
         rows = [r for r in rows if any(o in r["name"] for o in args.only)]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -324,20 +327,24 @@ def main() -> None:
                   f"peak RSS {r['peak_rss_MiB']:5.0f} MiB, {r['params_M']:.2f} M params{extra}", flush=True)
             done.append(r)
     names = {r["name"] for r in done}
-    known = {r["name"] for r in _rows(["levers", "engines", "monai", "scaling"])}
+    known = {r["name"] for r in _rows(["levers", "engines", "monai", "scaling"], paper_full=True)}
     merged = [r for r in old if r.get("name") not in names and r.get("name") in known] + done
     results_path.write_text(json.dumps(merged, indent=2) + "\n")
     by = {r["name"]: r for r in merged if "seconds_median" in r}
     fast = by.get("FAST (default): bf16 + BN folded, 1 slab a pass")
     dyn = by.get("MONAI DynUNet 64/128/256 fp32")
     today = by.get("today: fp32, BN unfolded, 4 slabs a batch")
+    fp32 = by.get("fp32 (--precision fp32): BN folded, 1 slab a pass")
     if fast and dyn:
         dyn16 = by.get("MONAI DynUNet 64/128/256 bf16 autocast")
         print(f"advseg fast / MONAI DynUNet fp32: {fast['seconds_median'] / dyn['seconds_median']:.2f}"
               + (f"; advseg fast / DynUNet bf16: {fast['seconds_median'] / dyn16['seconds_median']:.2f}"
                  if dyn16 else "")
               + (f"; advseg fp32 today / DynUNet fp32: {today['seconds_median'] / dyn['seconds_median']:.2f}"
-                 if today else ""))
+                 if today else "")
+              + (f"; advseg --precision fp32 / DynUNet fp32: "
+                 f"{fp32['seconds_median'] / dyn['seconds_median']:.2f}"
+                 if fp32 else ""))
     if any(r.get("scaling") for r in merged):
         print("\n| S-net | volume (Z x Y x X) | recipe | seconds | peak RSS (MiB) |\n|---|---|---|---|---|")
         for r in merged:
