@@ -288,6 +288,10 @@ class MeanTeacherConfig:
     rampup_iterations: int | None = None  # None: 40 % of train.iterations
     noise_std: float = 0.1  # Gaussian input noise (normalised intensity units), drawn per network
     noise_clip: float = 0.2  # |noise| clipped to this
+    # True: labeled and unlabeled patches pass through each network as one batch (SSL4MIS's form), so
+    # batch norm normalises S's labeled patches with statistics of the unlabeled ones too. False: a
+    # pass per batch, as the adversarial methods do by default (adversarial.joint_forward: false).
+    joint_forward: bool = True
 
 
 @dataclass
@@ -428,6 +432,11 @@ def _cross_problems(cfg: Config) -> list[tuple[str, str]]:
     elif a.joint_forward and t.unlabeled_patch_size not in (None, d.patch_size):
         out.append(("train.unlabeled_patch_size", "adversarial.joint_forward passes labeled and unlabeled "
                                                   "patches through S as one batch: they need one size"))
+    elif (cfg.mean_teacher.enabled and cfg.mean_teacher.joint_forward
+          and t.unlabeled_patch_size not in (None, d.patch_size)):
+        out.append(("train.unlabeled_patch_size", "mean_teacher.joint_forward passes labeled and unlabeled "
+                                                  "patches through S as one batch: they need one size "
+                                                  "(set mean_teacher.joint_forward: false)"))
     if n.name == "res_unet" and "channels" not in n.kwargs:
         levels = len(n.channels)
         if levels < 2:

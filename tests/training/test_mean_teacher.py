@@ -68,7 +68,7 @@ def test_unlabeled_batch_size(tiny_phantom: Path, tmp_path: Path) -> None:
 def test_unlabeled_patch_size(tiny_phantom: Path, tmp_path: Path) -> None:
     from advseg.training.api import prepare_training
 
-    cfg = _cfg("train.unlabeled_patch_size=[8, 16, 16]")
+    cfg = _cfg("train.unlabeled_patch_size=[8, 16, 16]", "mean_teacher.joint_forward=false")
     _, data, _ = prepare_training(cfg, tiny_phantom, tmp_path / "run", progress=False)
     assert tuple(data.labeled.next()["image"].shape[2:]) == tuple(cfg.data.patch_size)
     assert tuple(data.unlabeled.next()["image"].shape[2:]) == (8, 16, 16)
@@ -76,3 +76,24 @@ def test_unlabeled_patch_size(tiny_phantom: Path, tmp_path: Path) -> None:
         _cfg("train.unlabeled_patch_size=[8, 16, 15]")
     with pytest.raises(InputError, match="one size"):
         _cfg("train.unlabeled_patch_size=[8, 16, 16]", "adversarial.joint_forward=true")
+    with pytest.raises(InputError, match="mean_teacher.joint_forward"):
+        _cfg("train.unlabeled_patch_size=[8, 16, 16]")  # Mean Teacher's default is one batch
+
+
+@pytest.mark.parametrize("joint", [True, False])
+def test_separate_passes_normalise_the_labeled_batch_alone(tiny_phantom: Path, tmp_path: Path,
+                                                            joint: bool) -> None:
+    """With joint_forward false, S's batch-norm layers see the labeled and the unlabeled patches as
+    two batches (each pass with its own size); with true, as one batch of both."""
+    from advseg.training.api import prepare_training
+
+    cfg = _cfg("train.batch_size=2", "train.unlabeled_batch_size=1", f"mean_teacher.joint_forward={joint}")
+    cfg, data, _ = prepare_training(cfg, tiny_phantom, tmp_path / "run", progress=False)
+    trainer = MeanTeacherTrainer(cfg, tmp_path / "run", data, device="cpu")
+    seen: list[int] = []
+    norm = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+    hook = norm.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
+    trainer.training_step()
+    hook.remove()
+    # S (the hook is on the student only): one batch of 3, or the labeled 2 and the unlabeled 1 apart
+    assert seen == ([3] if joint else [2, 1])

@@ -9,7 +9,10 @@ same spatial augmentation as every method; each network then gets its own input 
     T      <- alpha T + (1 - alpha) S  after every S step                       (EMA of the weights)
 
 ``n`` and ``n'`` are independent ``clip(N(0, noise_std^2), +-noise_clip)`` draws. S and T see the
-labeled and unlabeled patches in one batch each (one forward pass per network). S (the student) is
+labeled and unlabeled patches in one batch each (one forward pass per network), or, with
+``mean_teacher.joint_forward: false``, in a pass per batch, so that batch norm normalises the labeled
+patches with their own statistics (the labeled patches are foreground-oversampled, the unlabeled are
+not: one batch mixes two distributions). S (the student) is
 what is validated, checkpointed as ``S`` and used by ``advseg predict``, as in SSL4MIS; the teacher is
 checkpointed too (``nets.T``), so a resumed run continues exactly.
 """
@@ -17,6 +20,7 @@ checkpointed too (``nets.T``), so a resumed run continues exactly.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 
@@ -54,20 +58,29 @@ class MeanTeacherTrainer(Trainer):
             return x
         return x + (torch.randn_like(x) * mt.noise_std).clamp_(-mt.noise_clip, mt.noise_clip)
 
+    def _forward(self, net: torch.nn.Module, parts: list[torch.Tensor]) -> list[Any]:
+        """``net`` on each noisy batch of ``parts``: one pass over their concatenation
+        (``joint_forward``) split back per part, or a pass per part."""
+        if len(parts) == 1 or not self.cfg.mean_teacher.joint_forward:
+            return [net(self._noise(x)) for x in parts]
+        out = net(self._noise(torch.cat(parts)))
+        n = parts[0].shape[0]
+        rest = [o[n:] for o in out] if isinstance(out, list | tuple) else out[n:]
+        return [_head(out, n), rest]
+
     def training_step(self) -> dict[str, float]:
         batch = self.next_labeled()
         unl = self.next_unlabeled()
-        n = batch["image"].shape[0]
-        x = batch["image"] if unl is None else torch.cat([batch["image"], unl["image"]])
+        parts = [batch["image"]] + ([] if unl is None else [unl["image"]])
         self.model.train()
         self.teacher.train()
         weight = self.cfg.mean_teacher.consistency * sigmoid_rampup(self.iteration, self.rampup_length)
         with self.autocast():
-            out = self.train_net("S")(self._noise(x))
-            loss_vox = self.loss_vox(_head(out, n), batch["label"])
+            outs = self._forward(self.train_net("S"), parts)
+            loss_vox = self.loss_vox(outs[0], batch["label"])
             with torch.no_grad():
-                t_logits = main_output(self.teacher(self._noise(x)))
-            loss_cons = softmax_mse(main_output(out), t_logits)
+                t_logits = torch.cat([main_output(o) for o in self._forward(self.teacher, parts)])
+            loss_cons = softmax_mse(torch.cat([main_output(o) for o in outs]), t_logits)
             loss = loss_vox + weight * loss_cons
         self.check_finite({"loss_vox": loss_vox, "loss_cons": loss_cons})
         self.step_optimizer("S", loss)
