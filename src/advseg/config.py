@@ -304,6 +304,12 @@ class TrainConfig:
     # patch size (Z, Y, X) of the unlabeled batches; None: data.patch_size. Smaller patches make the
     # unlabeled forward/backward pass, most of a semi-supervised step's cost, cheaper (issue 10)
     unlabeled_patch_size: list[int] | None = param(None, length(2, 3), each(ge(1)))
+    # where a semi-supervised method's unlabeled images come from: "withheld" (the training cases whose
+    # labels a labeled_fraction / labeled_count leaves out), "dataset" (the dataset's imagesUnlabeled/)
+    # and "extra" (folders given with --unlabeled, or an experiment's synthesized pool). Choosing one
+    # compares pools of the same size (the pelvic study's Table II: real vs GAN-synthesized scans).
+    unlabeled_pool: list[str] = param(["withheld", "dataset", "extra"], length(1, 2, 3),
+                                      each(one_of("withheld", "dataset", "extra")))
     lr: float = param(5e-4, gt(0))
     weight_decay: float = param(0.0, ge(0))
     poly_power: float = param(0.9, ge(0))

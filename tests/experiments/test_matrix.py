@@ -249,9 +249,18 @@ def test_cells_order_levels_and_packaged_configs(tmp_path: Path, tiny_phantom: P
     m = ExperimentMatrix(cfg, tmp_path / "out")
     tc = m.requested_config(next(c for c in cells if c.level.label == "n2")).train
     assert (tc.labeled_count, tc.folds, tc.iterations) == (2, 3, 2)
-    for name in ("phantom_six", "hippocampus"):
+    for name in ("phantom_six", "hippocampus", "phantom_table2"):
         packaged = load_matrix_config(name, data=tiny_phantom)
         assert packaged.methods and expand_cells(packaged)
+    table2 = load_matrix_config("phantom_table2")
+    m2 = ExperimentMatrix(table2, tmp_path / "t2")
+    pools = {c.method: m2.requested_config(c).train.unlabeled_pool for c in expand_cells(table2)}
+    # Exp. 5 draws on the 30 real unlabeled phantoms alone, Exp. 6 on the 30 synthesized volumes alone
+    assert {k: v for k, v in pools.items() if k.startswith("exp5")} == dict.fromkeys(
+        ["exp5_semi_real", "exp5_errors_real", "exp5_mean_teacher_real"], ["dataset"])
+    assert all(v == ["extra"] and table2.method(k).synthesize["n"] == 30
+               for k, v in pools.items() if k.startswith("exp6"))
+    assert len(expand_cells(table2)) == 45
     six = load_matrix_config("phantom_six")
     assert [m.name[:4] for m in six.methods] == ["exp1", "exp2", "exp3", "exp4", "exp5", "exp6"]
     assert six.methods[5].synthesize and six.test == "dataset"

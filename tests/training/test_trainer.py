@@ -217,3 +217,41 @@ def test_resume_with_more_iterations_re_aims_the_learning_rate_decay(
     for it in range(5, 9):
         assert resumed[it] == pytest.approx(fresh[it], rel=1e-6), it
     assert resumed[7] > 0
+
+
+@pytest.mark.parametrize(("pool", "expect"), [
+    ("[withheld, dataset, extra]", {"withheld", "dataset", "extra"}),
+    ("[dataset]", {"dataset"}),
+    ("[extra]", {"extra"}),
+    ("[withheld]", {"withheld"}),
+])
+def test_unlabeled_pool_picks_its_sources(tiny_phantom: Path, tmp_path: Path, pool: str, expect: set) -> None:
+    """train.unlabeled_pool: the withheld labeled rest, the dataset's imagesUnlabeled/ and the --unlabeled
+    folders are chosen independently (Table II compares a real and a synthesized pool alone)."""
+    import shutil
+
+    extra = tmp_path / "synthetic"
+    extra.mkdir()
+    for i, src in enumerate(sorted((tiny_phantom / "imagesUnlabeled").iterdir())[:2]):
+        shutil.copy(src, extra / f"synth_{i:03d}_0000.nii.gz")
+    cfg = _cfg("mean_teacher", "train.labeled_fraction=0.5", f"train.unlabeled_pool={pool}")
+    _, data, info = prepare_training(cfg, tiny_phantom, tmp_path / "run", unlabeled=[extra], progress=False)
+    cases = info["cases"]
+    dataset = {p.name.split("_0000")[0].removesuffix(".nii.gz")
+               for p in (tiny_phantom / "imagesUnlabeled").iterdir()}
+    by_source = {"withheld": set(cases["unlabeled_withheld"]),
+                 "dataset": set(cases["unlabeled_extra"]) & dataset,
+                 "extra": {n for n in cases["unlabeled_extra"] if n.startswith("synth_")}}
+    assert {k for k, v in by_source.items() if v} == expect
+    assert set(cases["unlabeled_extra"]) == by_source["dataset"] | by_source["extra"]
+    assert len(data.unlabeled.sampler.names) == sum(len(v) for v in by_source.values())
+
+
+def test_an_empty_unlabeled_pool_is_refused(tiny_phantom: Path, tmp_path: Path) -> None:
+    from advseg.errors import InputError
+
+    cfg = _cfg("mean_teacher", "train.labeled_fraction=0.5", "train.unlabeled_pool=[extra]")
+    with pytest.raises(InputError, match=r"none found in train.unlabeled_pool \['extra'\]"):
+        prepare_training(cfg, tiny_phantom, tmp_path / "run", progress=False)
+    with pytest.raises(InputError, match="must be one of"):
+        _cfg("mean_teacher", "train.unlabeled_pool=[synthetic]")

@@ -18,7 +18,7 @@ from advseg.errors import InputError
 
 def experiment(
     config: Annotated[str, typer.Argument(
-        help="Experiment YAML, or the name of a packaged one (phantom_six, hippocampus).")],
+        help="Experiment YAML, or the name of a packaged one (phantom_six, hippocampus, phantom_table2).")],
     out: Annotated[Path | None, typer.Option(help="Matrix folder (default runs/<name>).")] = None,
     data: Annotated[Path | None, typer.Option(help="Dataset folder, replacing the config's data:.")] = None,
     list_cells: Annotated[bool, typer.Option(

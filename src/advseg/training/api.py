@@ -68,11 +68,25 @@ def select_cases(cfg: Config, index: DatasetIndex, splits_path: Path) -> dict[st
         count=cfg.train.labeled_count,
         seed=cfg.train.seed,
     )
-    withheld = unlabeled_complement(train, labeled) if cfg.uses_unlabeled else []
+    use = cfg.uses_unlabeled and "withheld" in cfg.train.unlabeled_pool
+    withheld = unlabeled_complement(train, labeled) if use else []
     val = list(fold["val"])
     if cfg.train.val_cases:
         val = val[: cfg.train.val_cases]
     return {"labeled": labeled, "unlabeled_withheld": withheld, "val": val}
+
+
+def unlabeled_pool(index: DatasetIndex, sources: list[str], extra_dirs: list[Path] | None) -> list[str]:
+    """Names of the dataset's unlabeled cases that come from ``sources`` (``train.unlabeled_pool``):
+    ``"dataset"`` for the dataset folder's own unlabeled images, ``"extra"`` for those found in
+    ``extra_dirs`` (``--unlabeled`` folders, an experiment's synthesized pool)."""
+    extra = {Path(d).resolve() for d in extra_dirs or []}
+    names = []
+    for case in index.unlabeled:
+        source = "extra" if Path(case.images[0]).resolve().parent in extra else "dataset"
+        if source in sources:
+            names.append(case.name)
+    return names
 
 
 def splits_path(cache_root: Path, index: DatasetIndex, cfg: Config) -> Path:
@@ -133,7 +147,8 @@ def prepare_training(
 
     cache_root = default_cache_root(cfg.data)
     selection = select_cases(cfg, index, splits_path(cache_root, index, cfg))
-    extra_unlabeled = [c.name for c in index.unlabeled] if cfg.uses_unlabeled else []
+    extra_unlabeled = (unlabeled_pool(index, cfg.train.unlabeled_pool, unlabeled)
+                       if cfg.uses_unlabeled else [])
     with_labels = set(selection["labeled"]) | set(selection["val"])
     wanted = sorted(with_labels | set(selection["unlabeled_withheld"]) | set(extra_unlabeled))
     pre = preprocess_dataset(
@@ -187,8 +202,8 @@ def prepare_training(
     elif cfg.uses_unlabeled:
         raise InputError(
             data,
-            "semi-supervised training needs unlabeled images: none found "
-            "(give --unlabeled DIR, or use a labeled fraction below 1)",
+            "semi-supervised training needs unlabeled images: none found in train.unlabeled_pool "
+            f"{cfg.train.unlabeled_pool} (give --unlabeled DIR, or use a labeled fraction below 1)",
         )
     val_imgs, val_lbls = load(selection["val"], True)
     counts = np.zeros(index.num_classes, dtype=np.float64)
