@@ -1,7 +1,7 @@
 """Train the models that the inference checks need, on the demo's phantom data (seed 0).
 
     python benchmarks/inference_models.py [--out runs/inference_models] [--iterations 500]
-        [--paper-iterations 60]
+        [--paper-iterations 60] [--only stem1 paper]
 
 * ``stem1``: the demo's S-net (``res_unet_aux+cpu``, Dice + CE as in the demo), ``--iterations``.
 * ``stem2``: the same with a strided first stage (``network.kwargs={stem_stride: 2}``), same data,
@@ -27,6 +27,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/inference_models"))
     ap.add_argument("--iterations", type=int, default=500)
     ap.add_argument("--paper-iterations", type=int, default=60)
+    ap.add_argument("--only", nargs="+", choices=["stem1", "stem2", "paper"],
+                    help="train only these models (default: all three)")
     args = ap.parse_args()
 
     import torch
@@ -43,7 +45,10 @@ def main() -> None:
         "stem2": (["network.kwargs={stem_stride: 2}"], args.iterations),
         "paper": (["network.channels=[64, 128, 256]", "train.val_every=1000000"], args.paper_iterations),
     }
-    result = {}
+    if args.only:
+        variants = {k: v for k, v in variants.items() if k in args.only}
+    models_json = args.out / "models.json"
+    result = json.loads(models_json.read_text()) if models_json.exists() else {}
     for name, (overrides, iters) in variants.items():
         t0 = time.perf_counter()
         summary = run_method("res_unet_aux", data, args.out / name, iters, 0, progress=False,
@@ -53,7 +58,7 @@ def main() -> None:
             "dsc": {organ: m["dsc"]["mean"] for organ, m in summary.items() if "dsc" in m},
         }
         print(name, json.dumps(result[name]), flush=True)
-    (args.out / "models.json").write_text(json.dumps(result, indent=2))
+    models_json.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ Sections:
 * ``levers``: the paper-size S-net (64/128/256), 64 x 128 x 128: today's path (float32, batch norm
   unfolded) and one change at a time, then the fast path (bf16 + folded batch norm) with each other
   lever varied.
-* ``engines``: the fast path's network on ONNX Runtime and OpenVINO (export time reported apart).
+* ``engines``: the fast path's network on ONNX Runtime and OpenVINO (export time reported apart),
+  and OpenVINO on the NNCF int8 IR of ``advseg export --int8`` (export time includes the
+  calibration, on the timed volume's own 4 slabs: the weights are random, only the speed counts).
 * ``monai``: MONAI's DynUNet with the same widths (filters 64/128/256, strides 1/2/2, residual
   blocks) through ``sliding_window_inference`` (ROI 16 x 128 x 128, overlap 0: the same voxels as the
   slab recipe), MONAI's UNet (channels 64/128/256, strides 2/2), and the S-net with a strided first
@@ -133,8 +135,21 @@ def _child(row: dict[str, Any], nifti: str, repeats: int, threads: int) -> dict[
         net = build_network(cfg.network)
         params = sum(p.numel() for p in net.parameters())
         t0 = time.perf_counter()
+        int8 = row.get("int8", False)
         model = SegmentationModel(cfg, {"nets": {"S": net.state_dict()}}, {}, [], device="cpu",
-                                  engine=row.get("engine", "torch"))
+                                  engine="torch" if int8 else row.get("engine", "torch"))
+        if int8:  # NNCF int8 IR, calibrated on the timed volume's own slabs (random weights)
+            from advseg.inference.engines import OpenVinoEngine
+            from advseg.inference.export import export_onnx, save_openvino
+            from advseg.inference.quantize import quantize_openvino
+
+            work = Path(tempfile.mkdtemp(prefix="advseg-int8-"))
+            onnx_path = export_onnx(model.source_net, work / "model.onnx", cfg.network.in_channels)
+            ov_model, _ = quantize_openvino(model, onnx_path, {"ct": [Path(nifti)]})
+            xml = save_openvino(ov_model, work / "model_int8.xml")
+            del ov_model
+            model.engine = OpenVinoEngine(xml, row.get("precision", "fp32"), None,
+                                          model.source_net.size_divisor)
         if row.get("engine", "torch") != "torch":
             export_s = time.perf_counter() - t0
         del net
@@ -216,6 +231,11 @@ def _rows(sections: list[str], paper_full: bool = False) -> list[dict[str, Any]]
             {"name": "onnxruntime fp32", "engine": "onnxruntime", "precision": "fp32"},
             {"name": "openvino fp32", "engine": "openvino", "precision": "fp32"},
             {"name": "openvino bf16", "engine": "openvino", "precision": "bf16"},
+            # NNCF int8 (advseg export --int8); the layers left in floating point run f32 or bf16
+            {"name": "openvino int8 (float layers fp32)", "engine": "openvino", "int8": True,
+             "precision": "fp32"},
+            {"name": "openvino int8 (float layers bf16)", "engine": "openvino", "int8": True,
+             "precision": "bf16"},
         ]
     if "monai" in sections:
         rows += [

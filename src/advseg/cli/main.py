@@ -183,6 +183,9 @@ def predict(
     precision: Annotated[str | None, typer.Option(
         help="auto | fp32 | bf16 (default: inference.precision of the run, auto = bf16 on CPUs with "
              "native bf16).")] = None,
+    engine_file: Annotated[Path | None, typer.Option(
+        help="An `advseg export` file of this run for --engine onnxruntime (.onnx) or openvino "
+             "(.onnx / .xml, e.g. the --int8 IR), run instead of exporting the checkpoint.")] = None,
 ) -> None:
     """Segment images with a trained model; labels come out in each input's original geometry.
 
@@ -195,6 +198,7 @@ def predict(
             model_dir, input, output, mode=mode, tta=tta, keep_largest=keep_largest,
             checkpoint=checkpoint, save_confidence=save_confidence, device=device, overwrite=overwrite,
             rtstruct=rtstruct, dicom_seg=dicom_seg, resample=resample, engine=engine, precision=precision,
+            engine_file=engine_file,
         )
     except InputError as exc:
         fail(exc)
@@ -207,13 +211,21 @@ def export(
     format: Annotated[str, typer.Option("--format", help="onnx | openvino")] = "onnx",
     checkpoint: Annotated[str, typer.Option(help="best | last")] = "best",
     overwrite: Annotated[bool, typer.Option(help="Replace existing OUT files.")] = False,
+    int8: Annotated[bool, typer.Option(
+        "--int8", help="openvino: int8 post-training quantisation with NNCF (advseg[int8]).")] = False,
+    calibration: Annotated[Path | None, typer.Option(
+        help="--int8: folder of NIfTI images to calibrate on (default: the run's training cases).")] = None,
+    calibration_size: Annotated[int | None, typer.Option(
+        help="--int8: network inputs (slabs / windows) to calibrate on, at most (default 300).")] = None,
 ) -> None:
     """Export the run's segmenter (batch norm folded, float32, dynamic sizes) for ONNX Runtime or
-    OpenVINO; a <OUT>.json beside it records the labels and preprocessing it expects."""
+    OpenVINO (optionally int8); a <OUT>.json beside it records the labels and preprocessing it
+    expects. Run it with `advseg predict RUN ... --engine openvino --engine-file OUT.xml`."""
     from advseg.inference.deploy import export_run
 
     try:
-        files = export_run(model_dir, out, format, checkpoint=checkpoint, overwrite=overwrite)
+        files = export_run(model_dir, out, format, checkpoint=checkpoint, overwrite=overwrite, int8=int8,
+                           calibration=calibration, calibration_size=calibration_size)
     except InputError as exc:
         fail(exc)
     typer.echo("wrote " + ", ".join(str(f) for f in files))

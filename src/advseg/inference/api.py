@@ -58,6 +58,7 @@ class SegmentationModel:
         lr_pairs: list[tuple[int, int]],
         device: str = "auto",
         engine: str = "torch",
+        engine_file: str | Path | None = None,
     ) -> None:
         self.cfg = cfg
         self.labels = labels
@@ -71,7 +72,9 @@ class SegmentationModel:
         # ONNX Runtime / OpenVINO graph; see advseg.inference.engines.
         self.precision = resolve_precision(cfg.inference.precision, self.device, cfg.network.name)
         self.engine_name = engine
-        self.engine = build_engine(self.net, engine, self.device, self.precision)
+        if engine_file is not None:
+            check_engine_file(engine_file, cfg)
+        self.engine = build_engine(self.net, engine, self.device, self.precision, path=engine_file)
         self.discriminator = None
         if "D" in state["nets"]:
             self.discriminator = build_discriminator(cfg, len(labels) if labels else cfg.network.out_channels)
@@ -132,17 +135,38 @@ class SegmentationModel:
         return Prediction(Volume(labels.astype(np.uint8), ref.affine), confidence, time.perf_counter() - t0)
 
 
+def check_engine_file(path: str | Path, cfg: Config) -> None:
+    """Refuse an exported file whose ``<file>.json`` (written by ``advseg export``) says it expects
+    other input channels, classes or preprocessing than the run's config (a file without one is
+    taken as it is)."""
+    path = Path(path)
+    meta_path = path.with_suffix(".json")
+    if not meta_path.is_file():
+        return
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise InputError(meta_path, "cannot read this export record (JSON)") from None
+    want = {"in_channels": cfg.network.in_channels, "out_channels": cfg.network.out_channels,
+            "data": cfg.to_dict()["data"]}
+    for key, value in want.items():
+        if key in meta and meta[key] != value:
+            raise InputError(path, f"exported for another model ({key} differs from the run's config)")
+
+
 def _resized(info: dict[str, Any], shape: tuple[int, ...]) -> bool:
     return tuple(shape) != tuple(b - a for a, b in info["crop"])
 
 
 def load_model(
     run_dir: str | Path, checkpoint: str = "best", device: str = "auto", engine: str = "torch",
-    **inference_overrides: Any
+    engine_file: str | Path | None = None, **inference_overrides: Any
 ) -> SegmentationModel:
     """Load ``checkpoint_<checkpoint>.pt`` of a run folder (falls back to ``last`` if no ``best``).
 
     ``engine``: ``torch`` | ``onnxruntime`` | ``openvino`` (:mod:`advseg.inference.engines`);
+    ``engine_file``: an ``advseg export`` file (``.onnx`` / ``.xml``, e.g. the int8 IR) that the
+    engine runs instead of an export of the checkpoint;
     ``inference_overrides`` replace ``inference.*`` keys of the run's config (e.g. ``precision``)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -160,7 +184,8 @@ def load_model(
     info_path = run_dir / "dataset_info.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
     labels = {int(k): v for k, v in state.get("labels", {}).items()}
-    return SegmentationModel(cfg, state, labels, info.get("lr_pairs", []), device=device, engine=engine)
+    return SegmentationModel(cfg, state, labels, info.get("lr_pairs", []), device=device, engine=engine,
+                             engine_file=engine_file)
 
 
 def _case_name(path: Path) -> str:
@@ -280,6 +305,7 @@ def predict_path(
     resample: bool = False,
     engine: str = "torch",
     precision: str | None = None,
+    engine_file: str | Path | None = None,
 ) -> list[Path]:
     """Segment a NIfTI file, every image of a folder, or every CT series of a DICOM folder tree;
     write ``<case>.nii.gz`` label maps (and, for DICOM input, see :func:`predict_dicom`).
@@ -293,13 +319,13 @@ def predict_path(
     existing output file, or a folder with other files, needs ``overwrite=True``.
     """
     input, output = Path(input), Path(output)
-    refuse_overlap([output], [input], hosts=[model_dir])
+    refuse_overlap([output], [input, *([engine_file] if engine_file else [])], hosts=[model_dir])
     dicom_input = input.is_dir() and not _nifti_files(input) and is_dicom_folder(input)
     if (rtstruct or dicom_seg) and not dicom_input:
         flag = "--rtstruct" if rtstruct else "--dicom-seg"
         raise InputError(input, f"{flag} needs a folder of DICOM CT series as INPUT (it references their "
                                 "UIDs)")
-    model = load_model(model_dir, checkpoint, device, engine, mode=mode, tta_flip=tta,
+    model = load_model(model_dir, checkpoint, device, engine, engine_file, mode=mode, tta_flip=tta,
                        keep_largest=keep_largest, precision=precision)
     if dicom_input:
         return predict_dicom(model, input, output, rtstruct=rtstruct, dicom_seg=dicom_seg, resample=resample,

@@ -170,18 +170,34 @@ class OpenVinoEngine(_ArrayEngine):
 
 def build_engine(net: nn.Module, engine: str = "torch", device: torch.device | str = "cpu",
                  precision: str = "fp32", threads: int | None = None,
-                 workdir: str | Path | None = None) -> nn.Module:
+                 workdir: str | Path | None = None, path: str | Path | None = None) -> nn.Module:
     """An engine for the trained network ``net`` (eval mode): ``torch`` directly, the others through
     an ONNX export (:func:`advseg.inference.export.export_onnx`) into ``workdir`` (a temporary
     folder if None: the runtimes read the file when the engine is built). ``precision`` is already
-    resolved (``fp32`` or ``bf16``); ONNX Runtime always runs float32."""
+    resolved (``fp32`` or ``bf16``); ONNX Runtime always runs float32.
+
+    ``path``: an ``advseg export`` file to run instead of exporting ``net`` (``.onnx`` for
+    onnxruntime, ``.onnx`` or ``.xml`` for openvino, e.g. the int8 IR of ``--int8``; there
+    ``precision`` applies to the layers left in floating point)."""
     device = torch.device(device)
+    if path is not None and engine == "torch":
+        raise InputError(path, "--engine-file needs --engine onnxruntime or openvino")
     if engine == "torch":
         return TorchEngine(net, device, precision)
     require(engine)
     if device.type != "cpu":
         raise InputError(None, f"--engine {engine} runs on the CPU; use --device cpu (or --engine torch)")
     divisor = getattr(net, "size_divisor", None)
+    if path is not None:
+        path = Path(path)
+        allowed = (".onnx",) if engine == "onnxruntime" else (".onnx", ".xml")
+        if path.suffix not in allowed:
+            raise InputError(path, f"--engine {engine} runs {' or '.join(allowed)} files")
+        if not path.is_file():
+            raise InputError(path, "engine file not found")
+        if engine == "onnxruntime":
+            return OnnxRuntimeEngine(path, threads, divisor)
+        return OpenVinoEngine(path, precision, threads, divisor)
     with tempfile.TemporaryDirectory(prefix="advseg-engine-") as tmp:  # both runtimes read it at once
         path = export_onnx(net, Path(workdir or tmp) / "model.onnx")
         if engine == "onnxruntime":

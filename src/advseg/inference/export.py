@@ -1,6 +1,7 @@
 """Export a trained segmenter S for CPU deployment runtimes: ONNX (ONNX Runtime) and OpenVINO IR.
 
     advseg export RUN --format onnx OUT.onnx        # or --format openvino OUT.xml (+ OUT.bin)
+    advseg export RUN --format openvino --int8 OUT.xml   # int8, advseg.inference.quantize
 
 The exported graph is the inference network: eval mode, batch norm folded into the convolutions
 (:func:`advseg.inference.fuse.fold_batchnorm`), float32, input ``x`` ``(B, C, Z, Y, X)`` and output
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -71,14 +73,23 @@ def export_openvino(onnx_path: str | Path, xml_path: str | Path) -> Path:
     """Convert an ONNX file to OpenVINO IR (``xml_path`` and the ``.bin`` beside it), weights float32
     (bf16 or f32 is chosen when the IR is compiled, :class:`~advseg.inference.engines.OpenVinoEngine`)."""
     ov = require("openvino")
+    return save_openvino(ov.convert_model(str(onnx_path)), xml_path)
+
+
+def save_openvino(model: Any, xml_path: str | Path) -> Path:
+    """Write an ``openvino.Model`` as ``xml_path`` + the ``.bin`` beside it, atomically, weights as
+    they are in the model (float32, or int8 after :mod:`advseg.inference.quantize`)."""
+    ov = require("openvino")
     xml_path = Path(xml_path)
-    model = ov.convert_model(str(onnx_path))
     bin_path = xml_path.with_suffix(".bin")
     # save_model writes <name>.xml + <name>.bin; both go through temporary names, the .bin first
     # (an .xml never points at a missing or partial .bin).
     with atomic_path(xml_path, suffix=".xml") as tmp_xml:
-        ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
         tmp_bin = tmp_xml.with_suffix(".bin")
-        with atomic_path(bin_path, suffix=".bin") as tmp_b:
-            tmp_bin.replace(tmp_b)  # the .xml names no .bin file: OpenVINO pairs them by name
+        try:
+            ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
+            with atomic_path(bin_path, suffix=".bin") as tmp_b:
+                tmp_bin.replace(tmp_b)  # the .xml names no .bin file: OpenVINO pairs them by name
+        finally:
+            tmp_bin.unlink(missing_ok=True)  # a save that failed half-way leaves no stray .bin
     return xml_path
