@@ -12,7 +12,9 @@ test cases together) and the largest change of an organ's mean DSC. Writes ``acc
 
 ``openvino int8``: ``advseg export --format openvino --int8`` of the run (calibrated on the run's own
 training cases, the default; ``imagesTr`` of the demo data, never the test cases), run by
-``advseg predict --engine openvino --engine-file`` with its float layers in f32.
+``advseg predict --engine openvino --engine-file`` with its float layers in f32. ``openvino
+int8-all``: the same with the first convolution and the classifier heads quantised too (no
+``ignored_scope``), to see what keeping them in float buys.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 from pathlib import Path
 
 COMBOS = [("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"), ("openvino", "fp32"),
-          ("openvino", "bf16"), ("openvino", "int8")]
+          ("openvino", "bf16"), ("openvino", "int8"), ("openvino", "int8-all")]
 
 
 def main() -> None:
@@ -59,17 +61,18 @@ def main() -> None:
             pred_dir = args.models / run / f"pred_{engine}_{precision}"
             try:
                 engine_file, extra_info = None, {}
-                if precision == "int8":
-                    engine_file = args.models / run / "int8" / "model.xml"
+                if precision.startswith("int8"):
+                    engine_file = args.models / run / precision / "model.xml"
                     t0 = time.perf_counter()
-                    export_run(run_dir, engine_file, "openvino", int8=True, overwrite=True)
+                    export_run(run_dir, engine_file, "openvino", int8=True, overwrite=True,
+                               keep_float=precision == "int8")
                     meta = json.loads(engine_file.with_suffix(".json").read_text())["int8"]
                     extra_info = {"export_s": time.perf_counter() - t0,
                                   **{k: meta[k] for k in ("calibration_cases", "calibration_samples",
                                                           "float_layers", "preset", "tool")}}
                 files = predict_path(run_dir, data / "imagesTs", pred_dir, engine=engine,
-                                     precision="fp32" if precision == "int8" else precision, device="cpu",
-                                     progress=False, overwrite=True, engine_file=engine_file)
+                                     precision="fp32" if precision.startswith("int8") else precision,
+                                     device="cpu", progress=False, overwrite=True, engine_file=engine_file)
             except Exception as exc:  # noqa: BLE001 - report the combination and go on
                 print(f"{run:>6} {key:<18} failed: {exc!r}"[:2000], flush=True)
                 result[run][key] = {"failed": repr(exc)[:2000]}

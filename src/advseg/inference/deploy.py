@@ -24,7 +24,7 @@ from advseg.io.guard import check_output_file, refuse_overlap
 
 def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx", checkpoint: str = "best",
                overwrite: bool = False, int8: bool = False, calibration: str | Path | None = None,
-               calibration_size: int | None = None) -> list[Path]:
+               calibration_size: int | None = None, keep_float: bool = True) -> list[Path]:
     """Export the segmenter of a training run folder; returns the files written.
 
     ``fmt="onnx"``: ``out`` (``.onnx``). ``fmt="openvino"``: ``out`` (``.xml``) and the ``.bin``
@@ -35,7 +35,9 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx", checkpoi
     ``int8`` (OpenVINO only): post-training int8 quantisation with NNCF
     (:mod:`advseg.inference.quantize`), calibrated on the NIfTI images of the folder ``calibration``
     (default: the run's own training cases), ``calibration_size`` network inputs (slabs or windows,
-    default 300) at most. Every calibration image is read and checked before anything is written.
+    default 300) at most; ``keep_float=False`` quantises the first convolution and the classifier
+    heads too (:func:`advseg.inference.quantize.quantize_openvino`). Every calibration image is read
+    and checked before anything is written.
     """
     if fmt not in FORMATS:
         raise InputError(None, f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -74,7 +76,7 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx", checkpoi
             onnx_path = export_onnx(model.source_net, Path(tmp) / "model.onnx", cfg.network.in_channels)
             if int8:
                 size = quantize.DEFAULT_CALIBRATION_SIZE if calibration_size is None else calibration_size
-                ov_model, quant = quantize.quantize_openvino(model, onnx_path, cases, size)
+                ov_model, quant = quantize.quantize_openvino(model, onnx_path, cases, size, keep_float)
                 quant["calibration"] = where
                 save_openvino(ov_model, out)
             else:
