@@ -18,8 +18,9 @@ Sections:
   unfolded) and one change at a time, then the fast path (bf16 + folded batch norm) with each other
   lever varied.
 * ``engines``: the fast path's network on ONNX Runtime and OpenVINO (export time reported apart),
-  and OpenVINO on the NNCF int8 IR of ``advseg export --int8`` (export time includes the
-  calibration, on the timed volume's own 4 slabs: the weights are random, only the speed counts).
+  and OpenVINO on the NNCF int8 IR of ``advseg export --int8``, made in a process of its own (export
+  time includes the calibration, on the timed volume's own 4 slabs: the weights are random, only the
+  speed counts), so the timed process's peak RSS is that of predicting with the IR.
 * ``monai``: MONAI's DynUNet with the same widths (filters 64/128/256, strides 1/2/2, residual
   blocks) through ``sliding_window_inference`` (ROI 16 x 128 x 128, overlap 0: the same voxels as the
   slab recipe), MONAI's UNet (channels 64/128/256, strides 2/2), and the S-net with a strided first
@@ -135,23 +136,10 @@ def _child(row: dict[str, Any], nifti: str, repeats: int, threads: int) -> dict[
         net = build_network(cfg.network)
         params = sum(p.numel() for p in net.parameters())
         t0 = time.perf_counter()
-        int8 = row.get("int8", False)
         model = SegmentationModel(cfg, {"nets": {"S": net.state_dict()}}, {}, [], device="cpu",
-                                  engine="torch" if int8 else row.get("engine", "torch"))
-        if int8:  # NNCF int8 IR, calibrated on the timed volume's own slabs (random weights)
-            from advseg.inference.engines import OpenVinoEngine
-            from advseg.inference.export import export_onnx, save_openvino
-            from advseg.inference.quantize import quantize_openvino
-
-            work = Path(tempfile.mkdtemp(prefix="advseg-int8-"))
-            onnx_path = export_onnx(model.source_net, work / "model.onnx", cfg.network.in_channels)
-            ov_model, _ = quantize_openvino(model, onnx_path, {"ct": [Path(nifti)]})
-            xml = save_openvino(ov_model, work / "model_int8.xml")
-            del ov_model
-            model.engine = OpenVinoEngine(xml, row.get("precision", "fp32"), None,
-                                          model.source_net.size_divisor)
+                                  engine=row.get("engine", "torch"), engine_file=row.get("engine_file"))
         if row.get("engine", "torch") != "torch":
-            export_s = time.perf_counter() - t0
+            export_s = row.get("export_s", time.perf_counter() - t0)
         del net
         lever = row.get("lever", {})
         if lever:  # rebuild the torch engine with one lever changed
@@ -202,6 +190,30 @@ def _child(row: dict[str, Any], nifti: str, repeats: int, threads: int) -> dict[
         "export_s": export_s, "labels": os.path.join(out_dir, "labels.npy"),
         "precision_used": getattr(model, "precision", row.get("precision", "fp32")),
     }
+
+
+def _prepare_int8(row: dict[str, Any], nifti: str, folder: str, threads: int) -> dict[str, Any]:
+    """In its own process (so the timed one's peak RSS is OpenVINO's alone): the row's network as an
+    NNCF int8 IR in ``folder``, calibrated on the timed volume's own slabs (the weights are random)."""
+    import time
+
+    import torch
+
+    from advseg.inference.api import SegmentationModel
+    from advseg.inference.export import export_onnx, save_openvino
+    from advseg.inference.quantize import quantize_openvino
+    from advseg.networks.factory import build_network
+
+    torch.set_num_threads(row.get("threads", threads))
+    cfg = _config(row)
+    net = build_network(cfg.network)
+    t0 = time.perf_counter()
+    model = SegmentationModel(cfg, {"nets": {"S": net.state_dict()}}, {}, [], device="cpu")
+    onnx_path = export_onnx(model.source_net, Path(folder) / "model.onnx", cfg.network.in_channels)
+    ov_model, info = quantize_openvino(model, onnx_path, {"ct": [Path(nifti)]})
+    xml = save_openvino(ov_model, Path(folder) / "model_int8.xml")
+    return {"engine_file": str(xml), "export_s": time.perf_counter() - t0,
+            "calibration_samples": info["calibration_samples"]}
 
 
 def _rows(sections: list[str], paper_full: bool = False) -> list[dict[str, Any]]:
@@ -303,10 +315,15 @@ def main() -> None:
     ap.add_argument("--paper-full-ct", action="store_true",
                     help="also time the paper S-net on the 200 x 512 x 512 CT (one run, about 5 minutes)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--prepare", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         row, nifti = json.loads(args.child)
         print(json.dumps(_child(row, nifti, args.repeats, args.threads)))
+        return
+    if args.prepare:
+        row, nifti, folder = json.loads(args.prepare)
+        print(json.dumps(_prepare_int8(row, nifti, folder, args.threads)))
         return
     import numpy as np
 
@@ -325,7 +342,17 @@ def main() -> None:
         for row in rows:
             shape = row.get("shape", "small")
             repeats = args.repeats if shape == "small" else 1
-            cmd = [sys.executable, __file__, "--child", json.dumps([row, paths[shape]]), "--repeats",
+            timed = row
+            if row.get("int8"):  # the int8 IR is made in a process of its own (export_s)
+                cmd = [sys.executable, __file__, "--prepare", json.dumps([row, paths[shape], tmp]),
+                       "--threads", str(args.threads)]
+                res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                if res.returncode:
+                    print(f"{row['name']}: int8 export failed\n{res.stderr[-1500:]}", flush=True)
+                    done.append({**row, "failed": res.stderr[-1500:]})
+                    continue
+                timed = {**row, **json.loads(res.stdout.strip().splitlines()[-1])}
+            cmd = [sys.executable, __file__, "--child", json.dumps([timed, paths[shape]]), "--repeats",
                    str(repeats), "--threads", str(args.threads)]
             res = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if res.returncode:
@@ -333,6 +360,7 @@ def main() -> None:
                 done.append({**row, "failed": res.stderr[-1500:]})
                 continue
             r = json.loads(res.stdout.strip().splitlines()[-1])
+            r.pop("engine_file", None)  # a temporary file
             r["shape_zyx"] = list(SHAPES[shape])
             r["voxels"] = int(np.prod(SHAPES[shape]))
             labels = np.load(r.pop("labels"))
