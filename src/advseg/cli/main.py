@@ -212,7 +212,7 @@ def export(
     checkpoint: Annotated[str, typer.Option(help="best | last")] = "best",
     overwrite: Annotated[bool, typer.Option(help="Replace existing OUT files.")] = False,
     int8: Annotated[bool, typer.Option(
-        "--int8", help="openvino: int8 post-training quantisation with NNCF (advseg[int8]).")] = False,
+        "--int8", help="openvino: int8 post-training quantisation with NNCF (the int8 extra).")] = False,
     calibration: Annotated[Path | None, typer.Option(
         help="--int8: folder of NIfTI images to calibrate on (default: the run's training cases).")] = None,
     calibration_size: Annotated[int | None, typer.Option(
