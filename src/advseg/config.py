@@ -288,10 +288,12 @@ class MeanTeacherConfig:
     rampup_iterations: int | None = None  # None: 40 % of train.iterations
     noise_std: float = 0.1  # Gaussian input noise (normalised intensity units), drawn per network
     noise_clip: float = 0.2  # |noise| clipped to this
-    # True: labeled and unlabeled patches pass through each network as one batch (SSL4MIS's form), so
-    # batch norm normalises S's labeled patches with statistics of the unlabeled ones too. False: a
-    # pass per batch, as the adversarial methods do by default (adversarial.joint_forward: false).
-    joint_forward: bool = True
+    # False: a pass per batch, so batch norm normalises the labeled patches (foreground-oversampled)
+    # with their own statistics, as the adversarial methods do (adversarial.joint_forward: false).
+    # True: labeled and unlabeled patches through each network as one batch (SSL4MIS's form); on MSD
+    # Hippocampus with 4 labeled cases that cost 0.04-0.06 test DSC against supervised training
+    # (docs/results.md, the label-scarce matrix).
+    joint_forward: bool = False
 
 
 @dataclass

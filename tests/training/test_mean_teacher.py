@@ -68,7 +68,7 @@ def test_unlabeled_batch_size(tiny_phantom: Path, tmp_path: Path) -> None:
 def test_unlabeled_patch_size(tiny_phantom: Path, tmp_path: Path) -> None:
     from advseg.training.api import prepare_training
 
-    cfg = _cfg("train.unlabeled_patch_size=[8, 16, 16]", "mean_teacher.joint_forward=false")
+    cfg = _cfg("train.unlabeled_patch_size=[8, 16, 16]")
     _, data, _ = prepare_training(cfg, tiny_phantom, tmp_path / "run", progress=False)
     assert tuple(data.labeled.next()["image"].shape[2:]) == tuple(cfg.data.patch_size)
     assert tuple(data.unlabeled.next()["image"].shape[2:]) == (8, 16, 16)
@@ -77,7 +77,7 @@ def test_unlabeled_patch_size(tiny_phantom: Path, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="one size"):
         _cfg("train.unlabeled_patch_size=[8, 16, 16]", "adversarial.joint_forward=true")
     with pytest.raises(InputError, match="mean_teacher.joint_forward"):
-        _cfg("train.unlabeled_patch_size=[8, 16, 16]")  # Mean Teacher's default is one batch
+        _cfg("train.unlabeled_patch_size=[8, 16, 16]", "mean_teacher.joint_forward=true")
 
 
 @pytest.mark.parametrize("joint", [True, False])

@@ -9,10 +9,10 @@ same spatial augmentation as every method; each network then gets its own input 
     T      <- alpha T + (1 - alpha) S  after every S step                       (EMA of the weights)
 
 ``n`` and ``n'`` are independent ``clip(N(0, noise_std^2), +-noise_clip)`` draws. S and T see the
-labeled and unlabeled patches in one batch each (one forward pass per network), or, with
-``mean_teacher.joint_forward: false``, in a pass per batch, so that batch norm normalises the labeled
-patches with their own statistics (the labeled patches are foreground-oversampled, the unlabeled are
-not: one batch mixes two distributions). S (the student) is
+labeled and unlabeled patches in a pass per batch (default), so that batch norm normalises the
+labeled patches with their own statistics (they are foreground-oversampled, the unlabeled are not:
+one batch mixes two distributions), or, with ``mean_teacher.joint_forward: true``, in one batch
+each (SSL4MIS's form). S (the student) is
 what is validated, checkpointed as ``S`` and used by ``advseg predict``, as in SSL4MIS; the teacher is
 checkpointed too (``nets.T``), so a resumed run continues exactly.
 """
