@@ -1,10 +1,26 @@
-"""Skip marks for the optional CPU runtimes (shared by the engine and export tests of this folder)."""
+"""Skip marks for the optional CPU runtimes, and the CLI prediction helper, shared by the engine,
+export and int8 tests of this folder."""
 
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
+import numpy as np
 import pytest
+from typer.testing import CliRunner
+
+from advseg.cli.main import app
+from advseg.io import read_volume
+
+runner = CliRunner()
+
+
+def predict_labels(run: Path, images: Path, out: Path, *extra: str) -> dict[str, np.ndarray]:
+    """``advseg predict RUN IMAGES OUT --device cpu EXTRA...``; the label maps written, by file name."""
+    res = runner.invoke(app, ["predict", str(run), str(images), str(out), "--device", "cpu", *extra])
+    assert res.exit_code == 0, res.output
+    return {p.name: read_volume(p).array for p in sorted(out.glob("*.nii.gz"))}
 
 needs_ort = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None
                                or importlib.util.find_spec("onnxscript") is None,

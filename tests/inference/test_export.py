@@ -7,30 +7,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from runtime_marks import needs_ort, needs_ov
+from runtime_marks import needs_ort, needs_ov, predict_labels
 from typer.testing import CliRunner
 
 from advseg.cli.main import app
-from advseg.io import read_volume
 
 runner = CliRunner()
 
 
-def _predict(run: Path, images: Path, out: Path, *extra: str) -> dict[str, np.ndarray]:
-    res = runner.invoke(app, ["predict", str(run), str(images), str(out), "--device", "cpu", *extra])
-    assert res.exit_code == 0, res.output
-    return {p.name: read_volume(p).array for p in sorted(out.glob("*.nii.gz"))}
-
-
 @pytest.fixture(scope="module")
 def fp32_labels(tiny_run: Path, tiny_phantom: Path, tmp_path_factory) -> dict[str, np.ndarray]:
-    return _predict(tiny_run, tiny_phantom / "imagesTs", tmp_path_factory.mktemp("p") / "fp32",
+    return predict_labels(tiny_run, tiny_phantom / "imagesTs", tmp_path_factory.mktemp("p") / "fp32",
                     "--precision", "fp32")
 
 
 def test_bf16_precision_labels_close_to_fp32(tiny_run: Path, tiny_phantom: Path, tmp_path: Path,
                                              fp32_labels: dict[str, np.ndarray]) -> None:
-    bf16 = _predict(tiny_run, tiny_phantom / "imagesTs", tmp_path / "bf16", "--precision", "bf16")
+    bf16 = predict_labels(tiny_run, tiny_phantom / "imagesTs", tmp_path / "bf16", "--precision", "bf16")
     assert bf16.keys() == fp32_labels.keys() and len(bf16) == 2
     same = np.mean([np.mean(bf16[k] == fp32_labels[k]) for k in bf16])
     assert same > 0.98  # 4-iteration model: small margins; trained models: benchmarks/inference_accuracy.py
@@ -40,7 +33,7 @@ def test_bf16_precision_labels_close_to_fp32(tiny_run: Path, tiny_phantom: Path,
                                     pytest.param("openvino", marks=needs_ov)])
 def test_engine_labels_match_torch(engine: str, tiny_run: Path, tiny_phantom: Path, tmp_path: Path,
                                    fp32_labels: dict[str, np.ndarray]) -> None:
-    labels = _predict(tiny_run, tiny_phantom / "imagesTs", tmp_path / engine, "--engine", engine,
+    labels = predict_labels(tiny_run, tiny_phantom / "imagesTs", tmp_path / engine, "--engine", engine,
                       "--precision", "fp32")
     assert labels.keys() == fp32_labels.keys()
     for k in labels:

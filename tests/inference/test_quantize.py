@@ -8,19 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from runtime_marks import needs_nncf
+from runtime_marks import needs_nncf, predict_labels
 from typer.testing import CliRunner
 
 from advseg.cli.main import app
 from advseg.io import read_volume
 
 runner = CliRunner()
-
-
-def _predict(run: Path, images: Path, out: Path, *extra: str) -> dict[str, np.ndarray]:
-    res = runner.invoke(app, ["predict", str(run), str(images), str(out), "--device", "cpu", *extra])
-    assert res.exit_code == 0, res.output
-    return {p.name: read_volume(p).array for p in sorted(out.glob("*.nii.gz"))}
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +58,8 @@ def test_int8_ir_has_quantized_layers(int8_ir: Path) -> None:
 @needs_nncf
 def test_int8_predict_agrees_with_torch_fp32(int8_ir: Path, tiny_run: Path, tiny_phantom: Path,
                                              tmp_path: Path) -> None:
-    ref = _predict(tiny_run, tiny_phantom / "imagesTs", tmp_path / "fp32", "--precision", "fp32")
-    int8 = _predict(tiny_run, tiny_phantom / "imagesTs", tmp_path / "int8", "--engine", "openvino",
+    ref = predict_labels(tiny_run, tiny_phantom / "imagesTs", tmp_path / "fp32", "--precision", "fp32")
+    int8 = predict_labels(tiny_run, tiny_phantom / "imagesTs", tmp_path / "int8", "--engine", "openvino",
                     "--engine-file", str(int8_ir), "--precision", "fp32")
     assert int8.keys() == ref.keys() and len(int8) == 2
     same = np.mean([np.mean(int8[k] == ref[k]) for k in int8])
