@@ -197,11 +197,17 @@ def _inputs(input: Path) -> dict[str, list[Path]]:
         return {_case_name(input): [input]}
     if not input.is_dir():
         raise InputError(input, "input not found")
-    files = _nifti_files(input)
-    if not files:
+    cases = nifti_cases(input)
+    if not cases:
         raise InputError(input, "no NIfTI images (.nii.gz / .nii) and no DICOM files in this folder")
+    return cases
+
+
+def nifti_cases(folder: Path) -> dict[str, list[Path]]:
+    """The NIfTI images of ``folder`` by case: ``<case>.nii.gz``, or nnU-Net's ``<case>_XXXX.nii.gz``
+    per channel (channel files in name order). Empty if there are none."""
     cases: dict[str, list[Path]] = {}
-    for f in files:
+    for f in _nifti_files(folder):
         cases.setdefault(_case_name(f), []).append(f)
     return cases
 

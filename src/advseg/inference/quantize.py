@@ -47,11 +47,6 @@ def require_nncf() -> Any:
     return nncf
 
 
-def _nifti_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith("."))
-
-
 def calibration_cases(run_dir: str | Path, calibration: str | Path | None,
                       in_channels: int) -> tuple[dict[str, list[Path]], str]:
     """The calibration images: ``case name -> channel files`` and a description of where from.
@@ -63,16 +58,14 @@ def calibration_cases(run_dir: str | Path, calibration: str | Path | None,
     Every image is opened here, so a folder of files that are not images is refused before anything
     is written.
     """
-    from advseg.inference.api import _case_name
+    from advseg.inference.api import nifti_cases
 
-    cases: dict[str, list[Path]] = {}
     if calibration is not None:
         folder = Path(calibration)
         if not folder.is_dir():
             raise InputError(folder, "calibration folder not found (--calibration takes a folder of "
                                      "NIfTI images)")
-        for f in _nifti_files(folder):
-            cases.setdefault(_case_name(f), []).append(f)
+        cases = nifti_cases(folder)
         if not cases:
             raise InputError(folder, "no NIfTI images (.nii.gz / .nii) in this calibration folder")
         where = str(folder.resolve())
