@@ -95,6 +95,12 @@ def scale_bounds(scale_range: Sequence[float]) -> tuple[float, float]:
     return bounds[0], bounds[1]
 
 
+def network_patch(spatial_dims: int, size: Sequence[int]) -> Sequence[int]:
+    """The patch a network of ``spatial_dims`` sees for a configured ``(Z, Y, X)`` size: a 2-D network
+    its last two sizes (axial slices), a 3-D one all three."""
+    return size[1:] if spatial_dims == 2 and len(size) == 3 else size
+
+
 def _device(name: str) -> str | None:
     ok = re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", name) is not None
     return None if ok else f"must be auto, cpu, cuda or cuda:N; got {name!r}"
@@ -455,8 +461,7 @@ def _cross_problems(cfg: Config) -> list[tuple[str, str]]:
                                                                     t.unlabeled_patch_size)):
                 if size is None:
                     continue
-                patch = size[1:] if n.spatial_dims == 2 and len(size) == 3 else size
-                if any(s % divisor for s in patch):
+                if any(s % divisor for s in network_patch(n.spatial_dims, size)):
                     out.append((key, f"every size must be divisible by {divisor} (the S-net's "
                                      f"2^(levels-1) for network.channels {n.channels}), got {size}"))
             if n.aux and not 1 <= len(n.aux_weights) <= levels - 1:

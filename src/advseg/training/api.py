@@ -18,13 +18,12 @@ import dataclasses
 import hashlib
 import json
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from advseg.config import Config, load_config, validate_config
+from advseg.config import Config, load_config, network_patch, validate_config
 from advseg.data.dataset import DatasetIndex, load_dataset
 from advseg.data.labels import lr_pairs
 from advseg.data.preprocess import default_cache_root, preprocess_dataset
@@ -112,15 +111,6 @@ def _check_out(out: Path, resume: bool) -> None:
         raise InputError(out, "run folder exists and is not empty (use --resume, or another --out)")
 
 
-def _unlabeled_patch(cfg: Config, patch: Sequence[int]) -> Sequence[int]:
-    """The unlabeled batches' patch size: ``train.unlabeled_patch_size`` (2-D: its last two sizes), or
-    the labeled ``patch``."""
-    size = cfg.train.unlabeled_patch_size
-    if size is None:
-        return patch
-    return size[1:] if cfg.network.spatial_dims == 2 and len(size) == 3 else size
-
-
 def prepare_training(
     cfg: Config | None,
     data: str | Path,
@@ -167,11 +157,9 @@ def prepare_training(
     tr_imgs, tr_lbls = load(selection["labeled"], True)
     pairs = lr_pairs(index.labels)
     spatial_dims = cfg.network.spatial_dims
-    patch = (
-        cfg.data.patch_size[1:]
-        if spatial_dims == 2 and len(cfg.data.patch_size) == 3
-        else cfg.data.patch_size
-    )
+    patch = network_patch(spatial_dims, cfg.data.patch_size)
+    # the unlabeled batches' own size (train.unlabeled_patch_size), else the labeled one
+    unlabeled_patch = network_patch(spatial_dims, cfg.train.unlabeled_patch_size or cfg.data.patch_size)
     augment = build_augmentation(
         cfg.augment, spatial_dims=spatial_dims, seed=cfg.train.seed, swap_labels_on_flip=pairs
     )
@@ -195,7 +183,7 @@ def prepare_training(
             cfg.augment, spatial_dims=spatial_dims, seed=cfg.train.seed + 1, swap_labels_on_flip=pairs
         )
         unlabeled_src = BatchSource(
-            PatchDataset(u_imgs, None, _unlabeled_patch(cfg, patch), 0.0, augment_u, seed=cfg.train.seed + 1,
+            PatchDataset(u_imgs, None, unlabeled_patch, 0.0, augment_u, seed=cfg.train.seed + 1,
                          names=unl_names),
             cfg.train.unlabeled_batch_size or cfg.train.batch_size,
         )
