@@ -395,11 +395,14 @@ class Table:
     align: list[str]  # "l" or "r" per column
 
 
-def format_stats(metric: str, stats: Mapping[str, Any], n_full: int | None = None) -> str:
+def format_stats(metric: str, stats: Mapping[str, Any], n_full: int | None = None,
+                 digits: int | None = None, missing: str = "n/a") -> str:
+    """``mean ± std`` (``mean`` alone without a finite std) with the metric's decimals or ``digits``;
+    ``missing`` without samples; `` (n=N)`` when fewer than ``n_full`` samples."""
     mean, std, n = stats.get("mean"), stats.get("std"), int(stats.get("n") or 0)
-    d = decimals(metric)
+    d = decimals(metric) if digits is None else digits
     if n == 0 or mean is None or not math.isfinite(mean):
-        return "n/a"
+        return missing
     text = f"{mean:.{d}f}" if std is None or not math.isfinite(std) else f"{mean:.{d}f} ± {std:.{d}f}"
     return f"{text} (n={n})" if n_full is not None and n < n_full else text
 
@@ -490,11 +493,8 @@ def cost_summary(cells: Sequence[CellResult]) -> dict[str, Any]:
 
 
 def _plain(stats: Mapping[str, Any], digits: int) -> str:
-    if not int(stats.get("n") or 0):
-        return "-"
-    if int(stats["n"]) > 1 and math.isfinite(stats["std"]):
-        return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
-    return f"{stats['mean']:.{digits}f}"
+    """A cost or diagnostic cell: :func:`format_stats` with fixed decimals, ``-`` where no cell logged it."""
+    return format_stats("", stats, digits=digits, missing="-")
 
 
 def cost_table(agg: Aggregate) -> Table | None:
