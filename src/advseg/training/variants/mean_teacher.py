@@ -29,9 +29,11 @@ from advseg.losses.deep_supervision import main_output
 from advseg.training.trainer import Trainer
 
 
-def _head(out: torch.Tensor | list[torch.Tensor], n: int) -> torch.Tensor | list[torch.Tensor]:
-    """The first ``n`` samples of S's output (every deep-supervision level)."""
-    return [o[:n] for o in out] if isinstance(out, list | tuple) else out[:n]
+def _split(out: torch.Tensor | list[torch.Tensor], n: int) -> list[Any]:
+    """S's output (every deep-supervision level) cut into its first ``n`` samples and the rest."""
+    if isinstance(out, list | tuple):
+        return [[o[:n] for o in out], [o[n:] for o in out]]
+    return [out[:n], out[n:]]
 
 
 class MeanTeacherTrainer(Trainer):
@@ -63,10 +65,7 @@ class MeanTeacherTrainer(Trainer):
         (``joint_forward``) split back per part, or a pass per part."""
         if len(parts) == 1 or not self.cfg.mean_teacher.joint_forward:
             return [net(self._noise(x)) for x in parts]
-        out = net(self._noise(torch.cat(parts)))
-        n = parts[0].shape[0]
-        rest = [o[n:] for o in out] if isinstance(out, list | tuple) else out[n:]
-        return [_head(out, n), rest]
+        return _split(net(self._noise(torch.cat(parts))), parts[0].shape[0])
 
     def training_step(self) -> dict[str, float]:
         batch = self.next_labeled()
