@@ -25,17 +25,14 @@ from typing import Annotated
 
 import typer
 
-from advseg.cli.common import fail
+from advseg.cli.common import command_app, fail
 from advseg.cli.experiment import experiment, report
 from advseg.cli.synthesize import app as synthesis_app
 from advseg.errors import InputError
 
-app = typer.Typer(
+app = command_app(
+    "Semi-supervised adversarial 3D segmentation: phantom data, training, prediction, evaluation.",
     name="advseg",
-    help="Semi-supervised adversarial 3D segmentation: phantom data, training, prediction, evaluation.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
 )
 
 

@@ -11,15 +11,11 @@ from typing import Annotated
 
 import typer
 
-from advseg.cli.common import fail
+from advseg.cli.common import command_app, fail
 from advseg.errors import InputError
 
-app = typer.Typer(
-    help="Synthesize unlabeled CT volumes with a 3D progressive-growing GAN (train, sample, report).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+app = command_app(
+    "Synthesize unlabeled CT volumes with a 3D progressive-growing GAN (train, sample, report).")
 
 
 @app.command()
