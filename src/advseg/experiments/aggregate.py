@@ -131,7 +131,6 @@ def level_text(level: str) -> str:
 def find_results(path: str | Path) -> Collection:
     """Index a matrix folder (``matrix.json``), one run folder (``config.yaml``), or a folder of run
     folders (the demo's). Raises :class:`InputError` if it is none of those."""
-
     root = Path(path)
     if not root.is_dir():
         raise InputError(root, "folder not found")
@@ -589,7 +588,6 @@ def _num(v: Any) -> str:
 def write_aggregate(agg: Aggregate, out_dir: str | Path) -> dict[str, Path]:
     """``summary.md``, ``summary.csv``, ``summary.json``, ``wilcoxon.csv``, ``per_case.csv`` in
     ``out_dir`` (each written atomically); returns their paths."""
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()

@@ -89,7 +89,6 @@ def run_method(
     overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train one preset at ``size``, predict the test cases, evaluate; returns the summary."""
-
     cfg = load_preset(f"{name}+{size}", validate=False)  # validated with the overrides
     extra = [f"train.seed={seed}"]
     if cfg.loss.name == "adaptive_ce" and size != "paper":
@@ -126,7 +125,6 @@ def run_demo(
     phantom: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the demo; returns ``{method: summary}``. See the module docstring for what is written."""
-
     methods = [method] if isinstance(method, str) else list(method or DEFAULT_METHODS)
     for m in methods:
         if m not in preset_names():

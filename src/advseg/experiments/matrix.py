@@ -923,7 +923,6 @@ def make_holdout_view(source: str | Path, views_root: Path, count: int, seed: in
     is named ``<name>_holdout<count>s<seed>_<hash>`` (its own name: splits are cached per name) and
     is built once, in a temporary folder renamed into place.
     """
-
     source = Path(source)
     index = load_dataset(source)
     names = sorted(c.name for c in index.training)

@@ -83,7 +83,6 @@ def validation_records(
 
 def cell_result(folder: str | Path, command: str | None = None) -> dict[str, Any]:
     """The committable record of a finished cell folder (its ``cell.json`` plus per-case metrics)."""
-
     folder = Path(folder)
     marker = folder / DONE_FILE
     if not marker.is_file():

@@ -141,7 +141,6 @@ def record_outputs(folder: PathLike, command: str, files: Iterable[PathLike]) ->
 
     Call it after :func:`check_output_dir` and before writing them.
     """
-
     folder = Path(folder)
     listed = sorted(owned_files(folder, command) | _relative(folder, files))
     folder.mkdir(parents=True, exist_ok=True)
@@ -150,7 +149,6 @@ def record_outputs(folder: PathLike, command: str, files: Iterable[PathLike]) ->
 
 def forget_outputs(folder: PathLike, command: str, files: Iterable[PathLike]) -> None:
     """Remove ``files`` (already deleted by their writer) from the folder's manifest."""
-
     folder = Path(folder)
     listed = sorted(owned_files(folder, command) - _relative(folder, files))
     atomic_write_text(folder / MANIFEST, json.dumps({"command": command, "files": listed}, indent=1) + "\n")

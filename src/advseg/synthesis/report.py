@@ -63,7 +63,6 @@ MAX_VOXELS = 400_000  # voxels drawn per distribution for the Wasserstein distan
 def _load_segmenter(model_dir: Path, device: str):
     """The trained S-net: an object with ``predict_volume(Volume)`` (a Volume of labels, or an object
     whose ``.labels`` is one, in the input's geometry)."""
-
     return load_model(model_dir, checkpoint="best", device=device)
 
 
@@ -167,7 +166,6 @@ def synthesis_report(gan_dir: str | Path, model_dir: str | Path, data: str | Pat
         "nearest_neighbour": {...}, "wasserstein_hu", "n_synthetic", "n_real", "figure",
         "histogram_figure", ...}``
     """
-
     out = Path(out)
     refuse_overlap([out], [data, samples], hosts=[gan_dir, model_dir])
     check_output_dir(out, "synthesize report")

@@ -236,7 +236,6 @@ def train_run(
     data first (filling the preprocessing cache) and alone writes ``out``; the other ranks then build
     their own patch streams with the config rank 0 settled on.
     """
-
     out = Path(out)
     distributed.init_from_env()
     main = distributed.is_main()
