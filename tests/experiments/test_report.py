@@ -53,7 +53,8 @@ def test_report_of_a_run_folder(evaluated_run: Path) -> None:
     # D diagnostics of the semi-adversarial run: the table (D's AUCs beside the max-softmax one) and
     # one reliability / pool-histogram figure
     assert "<h2>D diagnostics</h2>" in page
-    for header in ("AUC D real vs fake", "AUC D conf. right vs wrong", "AUC max-softmax right vs wrong"):
+    for header in ("AUC D real vs fake", "AUC D conf. right vs wrong", "AUC max-softmax right vs wrong",
+                   "AUC D x softmax right vs wrong"):
         assert header in page
     assert "alt='D diagnostics " in page
     assert len(images) >= 1 + 1 + 2

@@ -231,6 +231,7 @@ DIAGNOSTIC_COLUMNS = [
     ("AUC D real vs fake (S wrong)", "d_auc_real_fake", ".3f"),
     ("AUC D conf. right vs wrong", "conf_auc_correct", ".3f"),
     ("AUC max-softmax right vs wrong", "softmax_auc_correct", ".3f"),
+    ("AUC D x softmax right vs wrong", "product_auc_correct", ".3f"),
     ("region accuracy", "region_accuracy", ".3f"),
     ("D > T: pass fraction", "d_pass_fraction", ".3f"),
     ("D > T: accuracy", "d_pass_accuracy", ".3f"),
@@ -238,12 +239,14 @@ DIAGNOSTIC_COLUMNS = [
     ("softmax > T: accuracy", "softmax_pass_accuracy", ".3f"),
     ("D: pass fraction at target accuracy", "d_pass_fraction_calibrated", ".3f"),
     ("softmax: pass fraction at target accuracy", "softmax_pass_fraction_calibrated", ".3f"),
+    ("D x softmax: pass fraction at target accuracy", "product_pass_fraction_calibrated", ".3f"),
 ]
 
 DIAGNOSTICS_NOTE = (
     "Validation cases fed as if unlabeled, last validation of the arm's first run. Region: voxels where "
     "the truth or S's prediction is foreground, dilated by 3 voxels. AUC 0.5 is chance; D earns its place "
-    "in L_semi only where its AUC beats S's own max-softmax. 'D > T' / 'softmax > T': the voxels whose "
+    "in L_semi only where its AUC, or that of its product with S's max-softmax (mask_source: product), "
+    "beats the max-softmax's own. 'D > T' / 'softmax > T': the voxels whose "
     "confidence passes the run's threshold T_semi and S's accuracy on them (region accuracy: on all of "
     "the region). 'at target accuracy': the share passing the lowest threshold whose passing voxels reach "
     "adversarial.t_semi_target_accuracy (empty: never reached)."
