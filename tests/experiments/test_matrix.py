@@ -346,6 +346,9 @@ def test_aggregation_math_on_known_numbers(tmp_path: Path) -> None:
     md = summary_markdown(agg)
     assert f"**{np.mean(m):.3f} ± {np.std(m, ddof=1):.3f}**" in md  # the better DSC in bold
     assert f"| {np.mean(b):.3f} ± {np.std(b, ddof=1):.3f} |" in md
+    # the test table leads with the signed paired difference A - B, then p and the pairs
+    assert t["mean_diff"] == pytest.approx(np.mean(np.subtract(b, m)))
+    assert f"| {np.mean(np.subtract(b, m)):+.3f} (p {t['p']:.3g}, n=5) |" in md
     paths = write_aggregate(agg, tmp_path / "results")
     rows = list(csv.DictReader(paths["summary.csv"].open()))
     best = {(r["arm"], r["metric"]): r["best"] for r in rows}

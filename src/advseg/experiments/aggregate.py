@@ -443,7 +443,9 @@ def organ_table(agg: Aggregate, organ: str) -> Table:
 
 
 def test_table(agg: Aggregate, metric: str) -> Table | None:
-    """Rows arm pairs, columns organs: two-sided p (n pairs); ``*`` marks p < 0.05."""
+    """Rows arm pairs, columns organs: the mean paired difference A - B in the metric's unit (|RVD| for
+    RVD), the two-sided p and the pairs n; ``*`` marks p < 0.05. A p-value alone says nothing of which
+    arm is better, so the signed difference stands first."""
     tests = [t for t in agg.tests if t["metric"] == metric]
     if not tests:
         return None
@@ -456,11 +458,14 @@ def test_table(agg: Aggregate, metric: str) -> Table | None:
             if t is None or not math.isfinite(t["p"]):
                 cells.append(("n/a", False))
             else:
-                cells.append((f"{t['p']:.3g}{'*' if t['p'] < 0.05 else ''} (n={t['n']})", t["p"] < 0.05))
+                diff = t.get("mean_diff", math.nan)
+                shown = f"{diff:+.{decimals(metric)}f}" if math.isfinite(diff) else "n/a"
+                cells.append((f"{shown} (p {t['p']:.3g}{'*' if t['p'] < 0.05 else ''}, n={t['n']})",
+                              t["p"] < 0.05))
         rows.append(cells)
     what = "|RVD|" if metric == "rvd" else _TITLES.get(metric, metric)
-    return Table(f"Wilcoxon signed-rank, {what}: p-values", ["A", "B", *agg.organs], rows,
-                 ["l", "l", *["r"] * len(agg.organs)])
+    return Table(f"Wilcoxon signed-rank, {what}: mean difference A - B (p, pairs)", ["A", "B", *agg.organs],
+                 rows, ["l", "l", *["r"] * len(agg.organs)])
 
 
 # D diagnostics of a validation record (advseg.training.diagnostics) shown per arm, in this order
