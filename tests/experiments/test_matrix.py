@@ -168,16 +168,22 @@ def test_matrix_results_pool_per_case_values(matrix_run: dict) -> None:
 
 def test_list_cells_prints_one_command_per_cell(matrix_run: dict) -> None:
     out = matrix_run["out"]
-    res = runner.invoke(app, ["experiment", str(matrix_run["config"]), "--out", str(out), "--list-cells"])
+    results = out.parent / "committed"
+    res = runner.invoke(app, ["experiment", str(matrix_run["config"]), "--out", str(out), "--list-cells",
+                              "--results", str(results)])
     assert res.exit_code == 0, res.output
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert len(lines) == 8
+    cells = matrix_run["matrix"].cells
     for i, line in enumerate(lines):
-        argv = shlex.split(line)
+        argv = shlex.split(line, comments=True)
         assert argv[:3] == ["advseg", "experiment", str(matrix_run["config"].resolve())]
         assert argv[argv.index("--out") + 1] == str(out.resolve())
         assert argv[argv.index("--data") + 1] == str(matrix_run["data"].resolve())
+        assert argv[argv.index("--results") + 1] == str(results.resolve())
         assert argv[-2:] == ["--cell", str(i)]
+        # the trailing comment names the cell
+        assert line.endswith(f"  # {cells[i].title}")
 
 
 def test_finished_cell_is_skipped_and_changed_config_refused(matrix_run: dict, tmp_path: Path) -> None:

@@ -50,7 +50,7 @@ def experiment(
             cfg = load_matrix_config(config, data=data)
             matrix = ExperimentMatrix(cfg, out if out is not None else Path("runs") / cfg.name, device=device)
             if list_cells:
-                for line in matrix.list_commands(config, data):
+                for line in matrix.list_commands(config, data, results):
                     typer.echo(line)
                 return
             if not aggregate_only:

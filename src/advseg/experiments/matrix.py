@@ -130,6 +130,11 @@ class Level:
     def folder(self) -> str:
         return f"frac{self.value:g}" if self.kind == "fraction" else f"n{self.value}"
 
+    @property
+    def text(self) -> str:
+        """For people: ``"25 %"`` or ``"4 cases"``."""
+        return f"{self.value * 100:.4g} %" if self.kind == "fraction" else f"{self.value} cases"
+
     def overrides(self) -> list[str]:
         if self.kind == "fraction":
             return [f"train.labeled_fraction={self.value}", "train.labeled_count=null"]
@@ -436,7 +441,7 @@ class Cell:
 
     @property
     def title(self) -> str:
-        return f"{self.method} labeled={self.level.label} seed={self.seed} fold={self.fold}"
+        return f"{self.method}, labeled {self.level.text}, seed {self.seed}, fold {self.fold}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"index": self.index, "method": self.method, "level": self.level.to_dict(), "seed": self.seed,
@@ -777,8 +782,11 @@ class ExperimentMatrix:
         """(finished cells, all cells)."""
         return sum((self.cell_folder(c) / DONE_FILE).is_file() for c in self.cells), len(self.cells)
 
-    def list_commands(self, config_arg: str, data: Path | None = None) -> list[str]:
-        """One shell command per cell: ``advseg experiment CONFIG --out OUT --cell I``."""
+    def list_commands(self, config_arg: str, data: Path | None = None,
+                      results: Path | None = None) -> list[str]:
+        """One shell command per cell, ``advseg experiment CONFIG --out OUT [--results R] --cell I``,
+        each followed by a shell comment naming the cell (method, labeled level, seed, fold), so that
+        a job array's lines can be picked by what they train."""
         cfg_path = Path(config_arg)
         arg = str(cfg_path.resolve()) if cfg_path.exists() else config_arg
         base = ["advseg", "experiment", arg, "--out", str(self.out.resolve())]
@@ -786,7 +794,9 @@ class ExperimentMatrix:
             base += ["--data", str(Path(data).resolve())]
         elif self.config.data is not None:
             base += ["--data", str(self.config.data.resolve())]
-        return [shlex.join([*base, "--cell", str(c.index)]) for c in self.cells]
+        if results is not None:
+            base += ["--results", str(Path(results).resolve())]
+        return [f"{shlex.join([*base, '--cell', str(c.index)])}  # {c.title}" for c in self.cells]
 
 
 class MatrixProgress:
