@@ -25,6 +25,7 @@ from advseg.experiments.aggregate import (
     comparison_table,
     find_results,
     summary_markdown,
+    tables,
     write_aggregate,
 )
 from advseg.experiments.matrix import (
@@ -363,6 +364,35 @@ def test_aggregation_math_on_known_numbers(tmp_path: Path) -> None:
     # demo-style side-by-side table marks the better method per organ and metric
     table = comparison_table({"base": agg.summary["base@1"], "meth": agg.summary["meth@1"]}, ("dsc",))
     assert table.count("**") == 2 and "meth" in table.splitlines()[0]
+
+
+def test_baseline_table_sets_each_method_against_supervised_at_its_level(tmp_path: Path) -> None:
+    base = {0: {"c1": 0.70, "c2": 0.80, "c3": 0.60, "c4": 0.75, "c5": 0.65}}
+    meth = {0: {"c1": 0.78, "c2": 0.85, "c3": 0.70, "c4": 0.74, "c5": 0.80}}
+    hd = {c: 5.0 for c in ("c1", "c2", "c3", "c4", "c5")}
+    cells = [_fake_cell(tmp_path, "meth", "n4", 0, meth[0], hd),
+             _fake_cell(tmp_path, "base", "n4", 0, base[0], hd),
+             _fake_cell(tmp_path, "base", "n8", 0, base[0], hd)]
+    # no baseline known (no report, no configs): no such table
+    coll = Collection("results", tmp_path, "toy", cells, 3, ["meth@n4", "base@n4", "base@n8"])
+    assert aggregate(coll, metrics=("dsc",)).baseline is None
+    # the cells' configs tell which method trained supervised
+    for c in cells:
+        c.info["supervised"] = c.method == "base"
+    agg = aggregate(coll, metrics=("dsc",))
+    assert agg.baseline == "base"
+    table = next(t for t in tables(agg) if t.title.startswith("DSC against base"))
+    # level by level, the baseline first; the method's row carries its difference from it
+    assert [(r[0][0], r[1][0]) for r in table.rows] == [("base", "4 cases"), ("meth", "4 cases"),
+                                                          ("base", "8 cases")]
+    b, m = list(base[0].values()), list(meth[0].values())
+    p = wilcoxon(m, b).pvalue
+    assert table.rows[1][3][0] == (f"{np.mean(m):.3f} ± {np.std(m, ddof=1):.3f} "
+                                   f"({np.mean(np.subtract(m, b)):+.3f}, p {p:.2g}, n=5)")
+    assert "(" not in table.rows[0][3][0] and "(" not in table.rows[2][3][0]
+    # a report naming another baseline wins
+    coll.report = {"baseline": "meth"}
+    assert aggregate(coll, metrics=("dsc",)).baseline == "meth"
 
 
 @pytest.mark.slow

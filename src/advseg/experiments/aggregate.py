@@ -181,8 +181,10 @@ def _cell_info(record: Mapping[str, Any], validation: Mapping[str, Any] | None) 
         for key in ("pass_fraction", "pass_accuracy"):
             if f"{source}_{key}" in val:
                 val[f"mask_{key}"] = val[f"{source}_{key}"]
+    cfg = record.get("config") or record.get("requested_config") or {}
+    supervised = (not adv.get("enabled")) and not (cfg.get("mean_teacher") or {}).get("enabled")
     return {"train": dict(record.get("train") or {}), "seconds": dict(record.get("seconds") or {}),
-            "validation": val}
+            "validation": val, "supervised": bool(cfg) and supervised}
 
 
 def _level_order(label: str) -> tuple[int, float]:
@@ -281,6 +283,7 @@ class Aggregate:
     notes: list[str] = field(default_factory=list)
     training_cases: int | None = None  # the fold's training-set size, when known (places fractions)
     costs: dict[str, dict[str, Any]] = field(default_factory=dict)  # arm -> cost_summary(...)
+    baseline: str | None = None  # the method every other is set against, level by level
 
     def samples(self, arm: str) -> int:
         return len({(r["case"], r["fold"], r["seed"]) for r in self.rows if r["arm"] == arm})
@@ -343,13 +346,28 @@ def aggregate(
                 tests.append({"a": a, "b": b, "organ": organ, "metric": m, "n": t.n, "statistic": t.statistic,
                               "p": t.p, "mean_diff": t.mean_diff})
     costs = {arm: cost_summary([c for c in collection.cells if c.arm == arm]) for arm in arms}
+    baseline = baseline_method(collection, [arm_info[a]["method"] for a in arms])
     notes = []
     if len(collection.cells) < collection.total_cells:
         notes.append(f"{len(collection.cells)} of {collection.total_cells} cells finished; the tables cover "
                      "only those")
     return Aggregate(collection.name, arms, arm_info, organs, present, summary, tests, rows,
                      len(collection.cells), collection.total_cells, collection.nsd_tolerance_mm, notes,
-                     training_cases=collection.training_cases, costs=costs)
+                     training_cases=collection.training_cases, costs=costs, baseline=baseline)
+
+
+def baseline_method(collection: Collection, methods: Sequence[str]) -> str | None:
+    """The method the others are set against: the matrix's ``report.baseline`` where it names one of
+    ``methods``, else the first method whose every cell trained supervised (no adversarial term, no
+    Mean Teacher; known from the cells' configs), else None."""
+    named = (collection.report or {}).get("baseline")
+    if named in methods:
+        return str(named)
+    for method in dict.fromkeys(methods):
+        cells = [c for c in collection.cells if c.method == method]
+        if cells and all(c.info.get("supervised") for c in cells):
+            return method
+    return None
 
 
 def _keyed(rows: list[dict[str, Any]], arm: str, organ: str, metric: str) -> dict[tuple, float]:
@@ -468,6 +486,41 @@ def test_table(agg: Aggregate, metric: str) -> Table | None:
                  rows, ["l", "l", *["r"] * len(agg.organs)])
 
 
+def baseline_table(agg: Aggregate, metric: str) -> Table | None:
+    """Rows the arms level by level (the baseline first), columns organs: ``metric`` mean ± std and,
+    for every other method, its mean paired difference from the baseline at the same level and the
+    two-sided Wilcoxon p (uncorrected; ``*`` p < 0.05) over the n (case, fold, seed) pairs both arms
+    have: where the baseline ran more seeds than the method, the difference is against the baseline's
+    cells of the method's seeds, not against the mean ± std shown in its row. The README's form of the
+    results: each method read against supervised training with the same labels. None without a
+    baseline."""
+    if agg.baseline is None or metric not in agg.metrics:
+        return None
+    levels = sorted({agg.arm_info[a]["level"] for a in agg.arms}, key=_level_order)
+    rows = []
+    for level in levels:
+        arms = [a for a in agg.arms if agg.arm_info[a]["level"] == level]
+        base = next((a for a in arms if agg.arm_info[a]["method"] == agg.baseline), None)
+        arms.sort(key=lambda a: a != base)
+        for arm in arms:
+            info = agg.arm_info[arm]
+            cells = [(info["method"], False), (level_text(level), False), (str(info["cells"]), False)]
+            for organ in agg.organs:
+                text = format_stats(metric, agg.summary[arm][organ].get(metric, {}), agg.samples(arm))
+                if base is not None and arm != base:
+                    t = paired_wilcoxon(_keyed(agg.rows, arm, organ, metric),
+                                        _keyed(agg.rows, base, organ, metric), metric)
+                    if t.n and math.isfinite(t.p):
+                        text += (f" ({t.mean_diff:+.{decimals(metric)}f}, "
+                                 f"p {t.p:.2g}{'*' if t.p < 0.05 else ''}, n={t.n})")
+                cells.append((text, False))
+            rows.append(cells)
+    what = _TITLES.get(metric, metric)
+    return Table(f"{what} against {agg.baseline} with the same labels: mean ± std (paired difference, "
+                 "Wilcoxon p, pairs)",
+                 ["Method", "Labeled", "cells", *agg.organs], rows, ["l", "l", "r", *["r"] * len(agg.organs)])
+
+
 # D diagnostics of a validation record (advseg.training.diagnostics) shown per arm, in this order
 DIAGNOSTICS: tuple[tuple[str, str], ...] = (
     ("d_auc_real_fake", "D AUC real/fake"),
@@ -519,7 +572,8 @@ def cost_table(agg: Aggregate) -> Table | None:
 
 
 def tables(agg: Aggregate) -> list[Table]:
-    out = [overview_table(agg, "dsc")]
+    out = [t for m in TEST_METRICS if (t := baseline_table(agg, m)) is not None]
+    out.append(overview_table(agg, "dsc"))
     if "hd95" in agg.metrics:
         out.append(overview_table(agg, "hd95"))
     if (cost := cost_table(agg)) is not None:
@@ -630,6 +684,7 @@ def write_aggregate(agg: Aggregate, out_dir: str | Path) -> dict[str, Path]:
         "cells_finished": agg.finished_cells,
         "cells_total": agg.total_cells,
         "arms": [{"arm": a, **agg.arm_info[a], "samples": agg.samples(a)} for a in agg.arms],
+        "baseline": agg.baseline,
         "summary": {a: {o: {m: {k: _nan_none(v) for k, v in s.items()} for m, s in om.items()}
                         for o, om in agg.summary[a].items()} for a in agg.arms},
         "wilcoxon": [{k: _nan_none(v) for k, v in t.items()} for t in agg.tests],
