@@ -239,6 +239,15 @@ def test_config_errors_name_the_file(tmp_path: Path, tiny_phantom: Path) -> None
         load_matrix_config(bad)
     res = runner.invoke(app, ["experiment", str(bad)])
     assert res.exit_code == 2 and res.output.startswith("error: ")
+    bad.write_text(yaml.safe_dump({"data": str(tiny_phantom), "methods": ["res_unet"],
+                                   "fractions": [{"value": 0.5, "seed": [0]}]}))
+    with pytest.raises(InputError, match=r"fractions: an entry must be a number or \{value"):
+        load_matrix_config(bad)
+    bad.write_text(yaml.safe_dump({"data": str(tiny_phantom), "seeds": [0, 1],
+                                   "fractions": [{"value": 1.0, "seeds": [1]}],
+                                   "methods": [{"name": "a", "preset": "res_unet", "seeds": [0]}]}))
+    with pytest.raises(InputError, match="method 'a' runs no cell"):
+        load_matrix_config(bad)
 
 
 def test_cells_order_levels_and_packaged_configs(tmp_path: Path, tiny_phantom: Path) -> None:
@@ -259,6 +268,14 @@ def test_cells_order_levels_and_packaged_configs(tmp_path: Path, tiny_phantom: P
     for name in ("phantom_six", "hippocampus", "phantom_table2"):
         packaged = load_matrix_config(name, data=tiny_phantom)
         assert packaged.methods and expand_cells(packaged)
+    # a method or a level may run fewer seeds: the issue's plan of 38 Hippocampus cells
+    hippo = load_matrix_config("hippocampus", data=tiny_phantom)
+    runs = {}
+    for c in expand_cells(hippo):
+        runs.setdefault((c.method, c.level.label), []).append(c.seed)
+    assert len(expand_cells(hippo)) == 38
+    assert runs[("res_unet_aux", "n8")] == [0, 1, 2] and runs[("res_unet_aux", "1")] == [0]
+    assert runs[("res_unet_aux_adv", "n4")] == [0] and runs[("res_unet_aux_adv_semi", "1")] == [0]
     table2 = load_matrix_config("phantom_table2")
     m2 = ExperimentMatrix(table2, tmp_path / "t2")
     pools = {c.method: m2.requested_config(c).train.unlabeled_pool for c in expand_cells(table2)}
@@ -468,13 +485,27 @@ def test_results_files_rebuild_the_matrix_tables(matrix_run: dict, tmp_path: Pat
     assert tests(agg).keys() == tests(ref).keys()
     for k, pv in tests(ref).items():
         assert tests(agg)[k] == pytest.approx(pv, abs=1e-6, nan_ok=True)
-    # the command: tables into RESULTS/tables, no dataset needed
-    res = runner.invoke(app, ["experiment", "no_such_config", "--aggregate", "--results",
-                              str(tmp_path / "copy")])
+    # the command: tables into RESULTS/tables, no dataset needed (the config's data folder is gone)
+    cfg = yaml.safe_load(matrix_run["config"].read_text())
+    cfg["data"] = str(tmp_path / "gone")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump(cfg))
+    res = runner.invoke(app, ["experiment", str(plan), "--aggregate", "--results", str(tmp_path / "copy")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "copy" / "tables" / "summary.md").is_file()
     assert "8 of 8 cells finished" in res.output
+    assert "all 8 planned cells finished" in (tmp_path / "copy" / "tables" / "summary.md").read_text()
     assert len(read_results(tmp_path / "copy")) == 8  # the tables' own JSON is not taken for a cell
+    # two cells not computed yet: the tables say which, and the training time they need
+    for c in matrix.cells[-2:]:
+        (tmp_path / "copy" / c.method / c.level.label / f"seed{c.seed}_fold{c.fold}.json").unlink()
+    res = runner.invoke(app, ["experiment", str(plan), "--aggregate", "--results", str(tmp_path / "copy")])
+    assert res.exit_code == 0, res.output
+    assert "6 of 8 cells finished" in res.output
+    md = (tmp_path / "copy" / "tables" / "summary.md").read_text()
+    last = matrix.cells[-1]
+    assert "6 of 8 planned cells finished; about " in md and " h of training left" in md
+    assert f"Missing: {last.method} at {last.level.text} (seed" in md
 
 
 def test_unfinished_cell_and_bad_result_file(tmp_path: Path) -> None:

@@ -39,13 +39,16 @@ def experiment(
     cells are skipped, so running the same command again resumes an interrupted matrix.
     """
     from advseg.experiments.aggregate import aggregate_folder
-    from advseg.experiments.matrix import ExperimentMatrix, load_matrix_config
+    from advseg.experiments.matrix import ExperimentMatrix, expand_cells, load_matrix_config
 
     try:
         if aggregate_only and results is not None:
-            # committed cell files alone: no dataset, no run folders needed (a fresh clone can do it)
-            agg, paths = aggregate_folder(results)
-            done = total = agg.finished_cells
+            # committed cell files alone: no dataset, no run folders needed (a fresh clone can do it);
+            # the config says which cells are planned, so the tables say which are still missing
+            plan = load_matrix_config(config, data=data, check_data=False)
+            planned = [(c.method, c.level.label, c.seed, c.fold) for c in expand_cells(plan)]
+            agg, paths = aggregate_folder(results, planned=planned)
+            done, total = agg.finished_cells, agg.total_cells
         else:
             cfg = load_matrix_config(config, data=data)
             matrix = ExperimentMatrix(cfg, out if out is not None else Path("runs") / cfg.name, device=device)

@@ -312,12 +312,54 @@ def read_per_case(cells: Iterable[CellResult]) -> list[dict[str, Any]]:
     return rows
 
 
+#: a planned cell: (method, level label, seed, fold), as :class:`advseg.experiments.matrix.Cell` names it
+PlannedCell = tuple[str, str, int, int]
+
+
+def plan_notes(cells: Sequence[CellResult], planned: Sequence[PlannedCell]) -> list[str]:
+    """What an experiment's plan still lacks: the planned cells not finished (grouped by method and
+    level, with their seeds) and an estimate of their training time (each missing cell counted at the
+    mean train seconds of its method's finished cells at its level, else at any level)."""
+    done = {(c.method, c.level, c.seed, c.fold) for c in cells}
+    missing = [p for p in planned if p not in done]
+    if not missing:
+        return [f"all {len(planned)} planned cells finished"]
+    groups: dict[tuple[str, str], list[int]] = {}
+    for method, level, seed, _ in missing:
+        groups.setdefault((method, level), [])
+        if seed not in groups[(method, level)]:
+            groups[(method, level)].append(seed)
+    order = sorted(groups, key=lambda k: (_level_order(k[1]), k[0]))
+    listing = "; ".join(f"{m} at {level_text(lv)} (seed{'s' if len(groups[(m, lv)]) > 1 else ''} "
+                        f"{', '.join(map(str, groups[(m, lv)]))})" for m, lv in order)
+
+    def seconds(c: CellResult) -> float:
+        return float(c.info.get("seconds", {}).get("train", math.nan))
+
+    left, unknown = 0.0, 0
+    for method, level, _, _ in missing:
+        same = [seconds(c) for c in cells if c.method == method and c.level == level]
+        anyl = [seconds(c) for c in cells if c.method == method]
+        known = [v for v in (same or anyl) if math.isfinite(v)]
+        if known:
+            left += sum(known) / len(known)
+        else:
+            unknown += 1
+    estimate = f"about {left / 3600:.1f} h of training left at the finished cells' pace"
+    if unknown:
+        estimate += f", plus {unknown} cell{'s' if unknown > 1 else ''} of methods with no finished cell"
+    return [f"{len(planned) - len(missing)} of {len(planned)} planned cells finished; {estimate}. "
+            f"Missing: {listing}"]
+
+
 def aggregate(
     collection: Collection,
     metrics: Sequence[str] = TABLE_METRICS,
     compare: str | list[list[str]] | None = None,
+    planned: Sequence[PlannedCell] | None = None,
 ) -> Aggregate:
-    """Pool the per-case rows of ``collection`` per arm, organ and metric, and run the paired tests."""
+    """Pool the per-case rows of ``collection`` per arm, organ and metric, and run the paired tests.
+    ``planned``: every cell of the experiment's plan (then the notes say which are missing)."""
     rows = read_per_case(collection.cells)
     if not rows:
         raise InputError(collection.root, "no evaluated cells yet (no evaluation/per_case.csv)")
@@ -348,11 +390,20 @@ def aggregate(
     costs = {arm: cost_summary([c for c in collection.cells if c.arm == arm]) for arm in arms}
     baseline = baseline_method(collection, [arm_info[a]["method"] for a in arms])
     notes = []
-    if len(collection.cells) < collection.total_cells:
+    finished, total = len(collection.cells), collection.total_cells
+    if planned is not None:
+        plan = set(planned)
+        extra = [c for c in collection.cells if (c.method, c.level, c.seed, c.fold) not in plan]
+        finished, total = len(collection.cells) - len(extra), len(planned)
+        notes += plan_notes(collection.cells, planned)
+        if extra:
+            notes.append(f"{len(extra)} finished cell{'s' if len(extra) > 1 else ''} outside the plan "
+                         f"(in the tables too): {', '.join(sorted({c.arm for c in extra}))}")
+    elif len(collection.cells) < collection.total_cells:
         notes.append(f"{len(collection.cells)} of {collection.total_cells} cells finished; the tables cover "
                      "only those")
     return Aggregate(collection.name, arms, arm_info, organs, present, summary, tests, rows,
-                     len(collection.cells), collection.total_cells, collection.nsd_tolerance_mm, notes,
+                     finished, total, collection.nsd_tolerance_mm, notes,
                      training_cases=collection.training_cases, costs=costs, baseline=baseline)
 
 
@@ -710,11 +761,11 @@ def write_aggregate(agg: Aggregate, out_dir: str | Path) -> dict[str, Path]:
 
 
 def aggregate_folder(
-    path: str | Path, out_dir: str | Path | None = None
+    path: str | Path, out_dir: str | Path | None = None, planned: Sequence[PlannedCell] | None = None,
 ) -> tuple[Aggregate, dict[str, Path]]:
     """Find, aggregate and write the results of a matrix / run folder (default into ``<path>/results``;
-    for a folder of cell-result files, ``<path>/tables``)."""
+    for a folder of cell-result files, ``<path>/tables``). ``planned``: see :func:`aggregate`."""
     collection = find_results(path)
-    agg = aggregate(collection)
+    agg = aggregate(collection, planned=planned)
     default = Path(path) / ("tables" if collection.kind == "results" else "results")
     return agg, write_aggregate(agg, out_dir if out_dir is not None else default)

@@ -11,6 +11,7 @@ An experiment config is a YAML file (examples in ``advseg/configs/experiments/``
     seeds: [0]                         # train.seed: fold split, labeled subset, initialisation
     fractions: [0.25, 1.0]             # labeled fractions of the fold's training cases ...
     counts: [5, 10]                    # ... and/or labeled case counts
+    # a level may run fewer seeds: fractions: [0.25, {value: 1.0, seeds: [0]}]
     test: cv                           # cv | dataset | holdout | {images: DIR, labels: DIR}
     holdout: {count: 40, seed: 0}      # with test: holdout
     settings: {train: {iterations: 600}}   # config keys for every cell (as in a preset) ...
@@ -26,6 +27,7 @@ An experiment config is a YAML file (examples in ``advseg/configs/experiments/``
         settings: {...}                # optional, this method only
         overrides: [...]
         fractions: [0.6667]            # optional: this method's own levels instead of the matrix's
+        seeds: [0]                     # optional: only these of the matrix's seeds (a cheaper arm)
         unlabeled_dirs: [DIR, ...]     # extra unlabeled pools (semi-supervised presets)
         synthesize: {n: 12, preset: small, iterations_per_stage: 100, seed: 0}   # GAN volumes as pool
 
@@ -121,6 +123,8 @@ class Level:
 
     kind: str  # "fraction" | "count"
     value: float | int
+    # the only seeds this level runs (None: every seed); not part of the level's identity
+    seeds: tuple[int, ...] | None = field(default=None, compare=False)
 
     @property
     def label(self) -> str:
@@ -150,6 +154,7 @@ class MethodSpec:
     preset: str
     overrides: list[str] = field(default_factory=list)
     levels: list[Level] | None = None  # None: the matrix's levels
+    seeds: list[int] | None = None  # None: the matrix's seeds
     unlabeled_dirs: list[Path] = field(default_factory=list)
     synthesize: dict[str, Any] | None = None
 
@@ -189,6 +194,12 @@ class MatrixConfig:
     def levels_of(self, method: MethodSpec) -> list[Level]:
         return method.levels if method.levels is not None else self.levels
 
+    def seeds_of(self, method: MethodSpec, level: Level) -> list[int]:
+        """The seeds a method runs at a level: the method's (default the matrix's), kept only where
+        the level lists them too."""
+        seeds = method.seeds if method.seeds is not None else self.seeds
+        return [s for s in seeds if level.seeds is None or s in level.seeds]
+
     @property
     def folds_run(self) -> list[int]:
         return list(self.run_folds) if self.run_folds is not None else list(range(self.folds))
@@ -200,7 +211,7 @@ _TOP_KEYS = {
     "methods", "device",
 }
 _METHOD_KEYS = {
-    "name", "preset", "settings", "overrides", "fractions", "counts", "unlabeled_dirs", "synthesize",
+    "name", "preset", "settings", "overrides", "fractions", "counts", "seeds", "unlabeled_dirs", "synthesize",
 }
 _REPORT_KEYS = {"baseline", "method", "level", "cases", "slices"}
 _SYNTH_KEYS = {"n", "preset", "iterations_per_stage", "seed"}
@@ -219,15 +230,20 @@ def resolve_config_path(config: str | Path) -> Path:
     raise InputError(path, f"experiment config not found (packaged ones: {known})")
 
 
-def load_matrix_config(config: str | Path, data: str | Path | None = None) -> MatrixConfig:
+def load_matrix_config(config: str | Path, data: str | Path | None = None,
+                       check_data: bool = True) -> MatrixConfig:
     """Read and check an experiment YAML (``data`` replaces its ``data:``). Raises :class:`InputError`
-    naming the file and the key for every problem; nothing is written."""
+    naming the file and the key for every problem; nothing is written. ``check_data=False`` skips the
+    dataset folder's check: the plan alone (which cells there are), e.g. to tabulate committed results
+    on a machine without the data."""
     path = resolve_config_path(config)
-    return parse_matrix_config(load_yaml_mapping(path), path, data=data, text=path.read_text())
+    return parse_matrix_config(load_yaml_mapping(path), path, data=data, text=path.read_text(),
+                               check_data=check_data)
 
 
 def parse_matrix_config(
-    raw: dict[str, Any], source: Path | None = None, data: str | Path | None = None, text: str = ""
+    raw: dict[str, Any], source: Path | None = None, data: str | Path | None = None, text: str = "",
+    check_data: bool = True,
 ) -> MatrixConfig:
     """:func:`load_matrix_config` on an already-parsed mapping."""
     where = source
@@ -254,7 +270,7 @@ def parse_matrix_config(
         data_path = Path(raw["data"]).expanduser()
     else:
         raise fail("data: a dataset folder is needed (or data: {phantom: {...}}, or --data)")
-    if data_path is not None and not (data_path / "dataset.json").is_file():
+    if check_data and data_path is not None and not (data_path / "dataset.json").is_file():
         raise InputError(data_path, "dataset folder not found (no dataset.json)")
 
     folds = _int(raw.get("folds", 5), "folds", where, minimum=1)
@@ -339,6 +355,9 @@ def parse_matrix_config(
         checkpoint=checkpoint, save_confidence=save_confidence, nsd_tolerance_mm=float(nsd), compare=compare,
         report=report, device=device, text=text,
     )
+    for m in methods:
+        if not any(cfg.seeds_of(m, lv) for lv in cfg.levels_of(m)):
+            raise fail(f"method {m.name!r} runs no cell: its seeds and its levels' seeds have none in common")
     for m in methods:  # every preset and override must load now, not in cell 17
         cell_config(cfg, m, cfg.levels_of(m)[0], cfg.folds_run[0], seeds[0])
     return cfg
@@ -377,13 +396,25 @@ def _settings(value: Any, key: str, where: Path | None) -> list[str]:
 
 
 def _levels(raw: dict[str, Any], where_key: str, where: Path | None) -> list[Level]:
+    """``fractions`` and ``counts``: each entry a number or ``{value: number, seeds: [S, ...]}``."""
+    def entry(v: Any, key: str) -> tuple[Any, tuple[int, ...] | None]:
+        if not isinstance(v, dict):
+            return v, None
+        if set(v) - {"value", "seeds"} or "value" not in v:
+            raise InputError(where, f"{key}: an entry must be a number or {{value: V, seeds: [S, ...]}}, "
+                                    f"got {v!r}")
+        seeds = v.get("seeds")
+        return v["value"], None if seeds is None else tuple(_int_list(seeds, f"{key} seeds", where))
+
     levels: list[Level] = []
-    for v in raw.get("fractions") or []:
+    for item in raw.get("fractions") or []:
+        v, seeds = entry(item, f"{where_key}fractions")
         if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= 1:
             raise InputError(where, f"{where_key}fractions: each must be in (0, 1], got {v!r}")
-        levels.append(Level("fraction", float(v)))
-    for v in raw.get("counts") or []:
-        levels.append(Level("count", _int(v, f"{where_key}counts", where, minimum=1)))
+        levels.append(Level("fraction", float(v), seeds))
+    for item in raw.get("counts") or []:
+        v, seeds = entry(item, f"{where_key}counts")
+        levels.append(Level("count", _int(v, f"{where_key}counts", where, minimum=1), seeds))
     if len({lv.label for lv in levels}) != len(levels):
         raise InputError(where, f"{where_key}fractions/counts list a value twice")
     return levels
@@ -418,8 +449,9 @@ def _method(raw: Any, i: int, where: Path | None) -> MethodSpec:
         _int(synth["n"], f"methods[{i}].synthesize.n", where, minimum=1)
     overrides = _settings(raw.get("settings"), f"methods[{i}].settings", where)
     overrides += _str_list(raw.get("overrides", []), f"methods[{i}].overrides", where)
-    return MethodSpec(name=name, preset=preset, overrides=overrides, levels=levels, unlabeled_dirs=dirs,
-                      synthesize=synth)
+    seeds = None if raw.get("seeds") is None else _int_list(raw["seeds"], f"methods[{i}].seeds", where)
+    return MethodSpec(name=name, preset=preset, overrides=overrides, levels=levels, seeds=seeds,
+                      unlabeled_dirs=dirs, synthesize=synth)
 
 
 # ------------------------------------------------------------------------------------------- the cells
@@ -453,7 +485,7 @@ def expand_cells(cfg: MatrixConfig) -> list[Cell]:
     cells = []
     for m in cfg.methods:
         for level in cfg.levels_of(m):
-            for seed in cfg.seeds:
+            for seed in cfg.seeds_of(m, level):
                 for fold in cfg.folds_run:
                     cells.append(Cell(len(cells), m.name, level, seed, fold))
     return cells
