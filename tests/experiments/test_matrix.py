@@ -368,6 +368,12 @@ def test_aggregation_math_on_known_numbers(tmp_path: Path) -> None:
     assert (t["a"], t["b"], t["n"]) == ("base@1", "meth@1", 5)
     assert t["p"] == pytest.approx(wilcoxon(b, m).pvalue)
     md = summary_markdown(agg)
+    # one row per cell with its own test means: how far the folds (seeds) differ
+    recs = {(r["method"], r["fold"]): r for r in agg.cells}
+    assert len(agg.cells) == 4
+    assert recs[("meth", 1)]["dsc_prostate"] == pytest.approx(np.mean(list(meth[1].values())))
+    assert math.isnan(recs[("base", 0)]["hd95_prostate"]) is False and recs[("base", 0)]["iterations"] is None
+    assert f"| {np.mean(list(meth[1].values())):.3f} |" in md.split("## Cells")[1]
     assert f"**{np.mean(m):.3f} ± {np.std(m, ddof=1):.3f}**" in md  # the better DSC in bold
     assert f"| {np.mean(b):.3f} ± {np.std(b, ddof=1):.3f} |" in md
     # the test table leads with the signed paired difference A - B, then p and the pairs

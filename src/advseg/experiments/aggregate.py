@@ -284,6 +284,7 @@ class Aggregate:
     training_cases: int | None = None  # the fold's training-set size, when known (places fractions)
     costs: dict[str, dict[str, Any]] = field(default_factory=dict)  # arm -> cost_summary(...)
     baseline: str | None = None  # the method every other is set against, level by level
+    cells: list[dict[str, Any]] = field(default_factory=list)  # cell_records(...): one per finished cell
 
     def samples(self, arm: str) -> int:
         return len({(r["case"], r["fold"], r["seed"]) for r in self.rows if r["arm"] == arm})
@@ -389,6 +390,7 @@ def aggregate(
                               "p": t.p, "mean_diff": t.mean_diff})
     costs = {arm: cost_summary([c for c in collection.cells if c.arm == arm]) for arm in arms}
     baseline = baseline_method(collection, [arm_info[a]["method"] for a in arms])
+    cells = cell_records(collection.cells, rows, organs, baseline)
     notes = []
     finished, total = len(collection.cells), collection.total_cells
     if planned is not None:
@@ -404,7 +406,35 @@ def aggregate(
                      "only those")
     return Aggregate(collection.name, arms, arm_info, organs, present, summary, tests, rows,
                      finished, total, collection.nsd_tolerance_mm, notes,
-                     training_cases=collection.training_cases, costs=costs, baseline=baseline)
+                     training_cases=collection.training_cases, costs=costs, baseline=baseline,
+                     cells=cells)
+
+
+def cell_records(cells: Sequence[CellResult], rows: Sequence[Mapping[str, Any]],
+                 organs: Sequence[str], baseline: str | None = None) -> list[dict[str, Any]]:
+    """One record per cell, ordered by level, method (``baseline`` first) and seed: its cost
+    (iterations run, the evaluated checkpoint's iteration, train seconds), its test mean DSC and HD95
+    per organ, and D's and the max-softmax's AUC for S's right vs wrong voxels at the evaluated
+    checkpoint (None where not logged). What a reader needs to see how much the seeds differ."""
+    out = []
+    for c in cells:
+        sel = [r for r in rows if (r["arm"], r["seed"], r["fold"]) == (c.arm, c.seed, c.fold)]
+        rec: dict[str, Any] = {"method": c.method, "level": c.level, "seed": c.seed, "fold": c.fold,
+                               "iterations": c.info.get("train", {}).get("iterations"),
+                               "best_iteration": c.info.get("train", {}).get("best_iteration"),
+                               "train_seconds": c.info.get("seconds", {}).get("train")}
+        for organ in organs:
+            for m in ("dsc", "hd95"):
+                values = [r.get(m, math.nan) for r in sel if r["organ"] == organ]
+                rec[f"{m}_{organ}"] = describe(values)["mean"]
+        val = c.info.get("validation", {})
+        for key in ("conf_auc_correct", "softmax_auc_correct", "product_auc_correct"):
+            rec[key] = val.get(key) if isinstance(val.get(key), int | float) else None
+        out.append(rec)
+    order = list(dict.fromkeys(c.method for c in cells))
+    out.sort(key=lambda r: (_level_order(r["level"]), r["method"] != baseline, order.index(r["method"]),
+                            r["seed"], r["fold"]))
+    return out
 
 
 def baseline_method(collection: Collection, methods: Sequence[str]) -> str | None:
@@ -622,6 +652,30 @@ def cost_table(agg: Aggregate) -> Table | None:
                  ["l", "l", *["r"] * (len(header) - 2)])
 
 
+def cells_table(agg: Aggregate) -> Table | None:
+    """Rows the finished cells (:func:`cell_records`), columns their cost, test DSC and HD95 per organ
+    and D's / the max-softmax's AUC right vs wrong."""
+    if not agg.cells:
+        return None
+
+    def num(v: Any, spec: str) -> str:
+        return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
+
+    header = ["Labeled", "Method", "seed", "fold", "iterations", "best at", "train s",
+              *[f"DSC {o}" for o in agg.organs], *[f"HD95 {o}" for o in agg.organs], "D / softmax AUC"]
+    rows = []
+    for r in agg.cells:
+        auc = "-" if r["conf_auc_correct"] is None else (
+            f"{r['conf_auc_correct']:.3f} / {num(r['softmax_auc_correct'], '.3f')}")
+        rows.append([(level_text(r["level"]), False), (r["method"], False), (str(r["seed"]), False),
+                     (str(r["fold"]), False), (num(r["iterations"], "d"), False),
+                     (num(r["best_iteration"], "d"), False), (num(r["train_seconds"], ".0f"), False),
+                     *[(num(r[f"dsc_{o}"], ".3f"), False) for o in agg.organs],
+                     *[(num(r[f"hd95_{o}"], ".2f"), False) for o in agg.organs], (auc, False)])
+    return Table("Cells (test means per cell; seconds: train)", header, rows,
+                 ["l", "l", *["r"] * (len(header) - 2)])
+
+
 def tables(agg: Aggregate) -> list[Table]:
     out = [t for m in TEST_METRICS if (t := baseline_table(agg, m)) is not None]
     out.append(overview_table(agg, "dsc"))
@@ -631,6 +685,8 @@ def tables(agg: Aggregate) -> list[Table]:
         out.append(cost)
     out += [organ_table(agg, o) for o in agg.organs]
     out += [t for m in TEST_METRICS if m in agg.metrics and (t := test_table(agg, m)) is not None]
+    if (cells := cells_table(agg)) is not None:
+        out.append(cells)
     return out
 
 
@@ -736,6 +792,7 @@ def write_aggregate(agg: Aggregate, out_dir: str | Path) -> dict[str, Path]:
         "cells_total": agg.total_cells,
         "arms": [{"arm": a, **agg.arm_info[a], "samples": agg.samples(a)} for a in agg.arms],
         "baseline": agg.baseline,
+        "cells": [{k: _nan_none(v) for k, v in r.items()} for r in agg.cells],
         "summary": {a: {o: {m: {k: _nan_none(v) for k, v in s.items()} for m, s in om.items()}
                         for o, om in agg.summary[a].items()} for a in agg.arms},
         "wilcoxon": [{k: _nan_none(v) for k, v in t.items()} for t in agg.tests],
