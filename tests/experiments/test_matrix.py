@@ -215,6 +215,7 @@ def test_report_of_a_matrix_holds_tables_and_png_images(matrix_run: dict) -> Non
         assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
     assert "http://" not in page and "https://" not in page  # opens offline
     assert "baseline" in page and "res_unet" in page
+    assert "alt='DSC against labeled cases'" in page  # the matrix spans two labeled levels
 
 
 # ------------------------------------------------------------------------------ config and views
@@ -512,6 +513,11 @@ def test_results_files_rebuild_the_matrix_tables(matrix_run: dict, tmp_path: Pat
     last = matrix.cells[-1]
     assert "6 of 8 planned cells finished; about " in md and " h of training left" in md
     assert f"Missing: {last.method} at {last.level.text} (seed" in md
+    # the HTML report of the committed files: their tables, without run folders
+    res = runner.invoke(app, ["report", str(tmp_path / "copy"), "--out", str(tmp_path / "r.html")])
+    assert res.exit_code == 0, res.output
+    page = (tmp_path / "r.html").read_text()
+    assert "folder of committed cell results" in page and "Wilcoxon" in page and "<h3>Cells" in page
 
 
 def test_unfinished_cell_and_bad_result_file(tmp_path: Path) -> None:

@@ -48,6 +48,7 @@ from advseg.experiments.aggregate import (
     tables,
     write_aggregate,
 )
+from advseg.experiments.figures import plot_metric_vs_labels
 from advseg.io import read_volume
 from advseg.io.atomic import atomic_write_text
 from advseg.training.log import TrainingLog
@@ -106,6 +107,7 @@ def write_report(path: str | Path, out: str | Path | None = None) -> Path:
         parts += [f"<p class='note'>{_e(n)}</p>" for n in agg.notes]
         for t in tables(agg):
             parts.append(f"<h3>{_e(t.title)}</h3>{html_table(t)}")
+        parts.append(_labels_figure(agg))
     parts.append(_learning_curves(collection))
     parts.append(_d_diagnostics(collection))
     parts.append(_overlays(collection, agg))
@@ -117,6 +119,16 @@ def write_report(path: str | Path, out: str | Path | None = None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, page)
     return out
+
+
+def _labels_figure(agg: Any) -> str:
+    """The tables' DSC against labeled cases per method (where the arms span two levels or more)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        png = plot_metric_vs_labels(agg, Path(tmp) / "dsc_vs_labels.png", "dsc",
+                                    total_cases=agg.training_cases)
+        if png is None:
+            return ""
+        return "<h3>DSC against labeled cases</h3>" + png_tag(png.read_bytes(), "DSC against labeled cases")
 
 
 def _e(text: Any) -> str:
@@ -140,7 +152,8 @@ def png_tag(png: bytes, alt: str) -> str:
 
 
 def _overview(c: Collection) -> str:
-    what = {"matrix": "experiment matrix", "runs": "folder of training runs", "run": "training run"}[c.kind]
+    what = {"matrix": "experiment matrix", "runs": "folder of training runs", "run": "training run",
+            "results": "folder of committed cell results"}[c.kind]
     items = [f"<li>{what}: <code>{_e(c.root.resolve())}</code></li>",
              f"<li>finished cells: {len(c.cells)} of {c.total_cells}</li>"]
     if c.arms:
