@@ -39,6 +39,7 @@ from advseg.experiments.results import (
     DONE_FILE,
     MATRIX_FILE,
     is_results_folder,
+    level_text,
     read_results,
     validation_records,
 )
@@ -119,13 +120,6 @@ class Collection:
 
 def level_label(fraction: float | None, count: int | None) -> str:
     return f"n{count}" if count else f"{fraction if fraction is not None else 1.0:g}"
-
-
-def level_text(level: str) -> str:
-    """``"0.25"`` -> ``"25 %"``, ``"n12"`` -> ``"12 cases"``."""
-    if level.startswith("n"):
-        return f"{level[1:]} cases"
-    return f"{float(level) * 100:.4g} %"
 
 
 def find_results(path: str | Path) -> Collection:

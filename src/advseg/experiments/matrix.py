@@ -27,7 +27,7 @@ An experiment config is a YAML file (examples in ``advseg/configs/experiments/``
         settings: {...}                # optional, this method only
         overrides: [...]
         fractions: [0.6667]            # optional: this method's own levels instead of the matrix's
-        seeds: [0]                     # optional: only these of the matrix's seeds (a cheaper arm)
+        seeds: [0]                     # optional: this method's own seeds instead of the matrix's
         unlabeled_dirs: [DIR, ...]     # extra unlabeled pools (semi-supervised presets)
         synthesize: {n: 12, preset: small, iterations_per_stage: 100, seed: 0}   # GAN volumes as pool
 
@@ -90,7 +90,7 @@ from advseg.data.phantom import write_phantom_dataset
 from advseg.data.splits import load_or_create_splits, seeded_order
 from advseg.errors import InputError
 from advseg.evaluation.evaluate import evaluate_folders
-from advseg.experiments.results import DONE_FILE, MATRIX_FILE, export_cell_result
+from advseg.experiments.results import DONE_FILE, MATRIX_FILE, export_cell_result, level_text
 from advseg.io.atomic import atomic_write_text
 from advseg.io.guard import refuse_overlap
 from advseg.io.lock import LOCK_NAME, check_unlocked
@@ -137,7 +137,7 @@ class Level:
     @property
     def text(self) -> str:
         """For people: ``"25 %"`` or ``"4 cases"``."""
-        return f"{self.value * 100:.4g} %" if self.kind == "fraction" else f"{self.value} cases"
+        return level_text(self.label)
 
     def overrides(self) -> list[str]:
         if self.kind == "fraction":

@@ -34,6 +34,13 @@ DONE_FILE = "cell.json"
 RESULT_FORMAT = "advseg-cell-result-1"
 
 
+def level_text(level: str) -> str:
+    """A level label for people: ``"0.25"`` -> ``"25 %"``, ``"n12"`` -> ``"12 cases"``."""
+    if level.startswith("n"):
+        return f"{level[1:]} cases"
+    return f"{float(level) * 100:.4g} %"
+
+
 def _finite(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return None
