@@ -41,8 +41,9 @@ def plot_metric_vs_labels(
     methods = list(dict.fromkeys(agg.arm_info[a]["method"] for a in agg.arms))
     organs = list(agg.organs)
     fig, axes = plt.subplots(1, len(organs), figsize=(4.2 * len(organs), 3.6), squeeze=False)
+    ticks = sorted(set(xs.values()))
     for ax, organ in zip(axes[0], organs, strict=True):
-        for method in methods:
+        for k, method in enumerate(methods):
             arms = sorted((a for a in agg.arms if agg.arm_info[a]["method"] == method), key=lambda a: xs[a])
             pts = [(xs[a], agg.summary[a][organ][metric]) for a in arms]
             pts = [(x, s) for x, s in pts if s["mean"] is not None and not math.isnan(s["mean"])]
@@ -50,8 +51,13 @@ def plot_metric_vs_labels(
                 continue
             mean = [s["mean"] for _, s in pts]
             std = [0.0 if s["std"] is None or math.isnan(s["std"]) else s["std"] for _, s in pts]
-            ax.errorbar([x for x, _ in pts], mean, yerr=std, marker="o", capsize=3, label=method)
+            # a small multiplicative offset per method (x is logarithmic) keeps the error bars of
+            # methods at the same level apart
+            shift = 1.0 + 0.025 * (k - (len(methods) - 1) / 2)
+            ax.errorbar([x * shift for x, _ in pts], mean, yerr=std, marker="o", capsize=3, label=method)
         ax.set_xscale("log")
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("labeled training cases" if total_cases or kinds == {True} else "labeled fraction")
         ax.set_ylabel(metric.upper())
         ax.set_title(organ)
