@@ -70,6 +70,10 @@ def decimals(metric: str) -> int:
 # ------------------------------------------------------------------------------------ finding results
 
 
+#: a planned cell: (method, level label, seed, fold), as :class:`advseg.experiments.matrix.Cell` names it
+PlannedCell = tuple[str, str, int, int]
+
+
 @dataclass
 class CellResult:
     """One evaluated run: which arm, fold and seed, and where its outputs are."""
@@ -90,6 +94,11 @@ class CellResult:
     @property
     def arm(self) -> str:
         return f"{self.method}@{self.level}"
+
+    @property
+    def key(self) -> PlannedCell:
+        """The cell's place in an experiment's plan."""
+        return (self.method, self.level, self.seed, self.fold)
 
     def confidence_file(self, case: str) -> Path | None:
         """D's confidence map of ``case`` (``predictions/confidence/<case>.nii.gz``), if written."""
@@ -307,15 +316,11 @@ def read_per_case(cells: Iterable[CellResult]) -> list[dict[str, Any]]:
     return rows
 
 
-#: a planned cell: (method, level label, seed, fold), as :class:`advseg.experiments.matrix.Cell` names it
-PlannedCell = tuple[str, str, int, int]
-
-
 def plan_notes(cells: Sequence[CellResult], planned: Sequence[PlannedCell]) -> list[str]:
     """What an experiment's plan still lacks: the planned cells not finished (grouped by method and
     level, with their seeds) and an estimate of their training time (each missing cell counted at the
     mean train seconds of its method's finished cells at its level, else at any level)."""
-    done = {(c.method, c.level, c.seed, c.fold) for c in cells}
+    done = {c.key for c in cells}
     missing = [p for p in planned if p not in done]
     if not missing:
         return [f"all {len(planned)} planned cells finished"]
@@ -389,7 +394,7 @@ def aggregate(
     finished, total = len(collection.cells), collection.total_cells
     if planned is not None:
         plan = set(planned)
-        extra = [c for c in collection.cells if (c.method, c.level, c.seed, c.fold) not in plan]
+        extra = [c for c in collection.cells if c.key not in plan]
         finished, total = len(collection.cells) - len(extra), len(planned)
         notes += plan_notes(collection.cells, planned)
         if extra:

@@ -101,13 +101,14 @@ def write_report(path: str | Path, out: str | Path | None = None) -> Path:
     except InputError as exc:
         parts.append(f"<p class='note'>No result tables: {_e(exc.problem)}.</p>")
     if agg is not None:
+        figure = None  # the DSC-against-labels figure, where write_aggregate has drawn it already
         if collection.kind == "matrix":
-            write_aggregate(agg, collection.root / "results")
+            figure = write_aggregate(agg, collection.root / "results").get("dsc_vs_labels.png")
         parts += ["<h2>Results</h2>", f"<p class='note'>{_e(POOLING_NOTE)}</p>"]
         parts += [f"<p class='note'>{_e(n)}</p>" for n in agg.notes]
         for t in tables(agg):
             parts.append(f"<h3>{_e(t.title)}</h3>{html_table(t)}")
-        parts.append(_labels_figure(agg))
+        parts.append(_labels_figure(agg, figure))
     parts.append(_learning_curves(collection))
     parts.append(_d_diagnostics(collection))
     parts.append(_overlays(collection, agg))
@@ -121,11 +122,12 @@ def write_report(path: str | Path, out: str | Path | None = None) -> Path:
     return out
 
 
-def _labels_figure(agg: Any) -> str:
-    """The tables' DSC against labeled cases per method (where the arms span two levels or more)."""
+def _labels_figure(agg: Any, drawn: Path | None = None) -> str:
+    """The tables' DSC against labeled cases per method (where the arms span two levels or more):
+    the PNG ``drawn`` already, else drawn here."""
     with tempfile.TemporaryDirectory() as tmp:
-        png = plot_metric_vs_labels(agg, Path(tmp) / "dsc_vs_labels.png", "dsc",
-                                    total_cases=agg.training_cases)
+        png = drawn or plot_metric_vs_labels(agg, Path(tmp) / "dsc_vs_labels.png", "dsc",
+                                             total_cases=agg.training_cases)
         if png is None:
             return ""
         return "<h3>DSC against labeled cases</h3>" + png_tag(png.read_bytes(), "DSC against labeled cases")
