@@ -118,6 +118,12 @@ def test_interrupted_matrix_resumes_without_rerunning_finished_cells(matrix_run:
            if json.loads(line).get("kind") == "train"]
     assert its == [1, 2]
     assert "8 of 8 cells finished" in res.output
+    # its record counts the first session's training seconds (to the checkpoint) in the cell's cost
+    record = json.loads((folders[2] / DONE_FILE).read_text())
+    assert record["train"]["resumed_at"] == 1
+    before = record["train"]["seconds"] - record["train"]["seconds_this_call"]
+    assert before > 0
+    assert record["seconds"]["train"] >= before + record["train"]["seconds_this_call"]
 
 
 def test_cells_are_ordinary_runs_with_cv_test_cases(matrix_run: dict) -> None:

@@ -106,6 +106,36 @@ def test_resume_is_exact(preset: str, tiny_phantom: Path, tmp_path: Path, run_in
     assert len(rows_b) == 4  # the log was rewound to the checkpoint, not duplicated
 
 
+def test_a_resumed_run_reports_the_seconds_trained_before_the_crash(
+    tiny_phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint carries the training seconds so far: a run resumed after a crash reports the time all
+    its iterations took (the cost column of a results table), not only the resumed call's share."""
+    import time
+
+    cfg = _cfg("res_unet_aux", "train.iterations=4", "train.checkpoint_every=2", "train.val_every=0")
+    cls = trainer_class(cfg)
+    original = cls.training_step
+
+    def slow_then_crash(self):
+        if self.iteration == 3:
+            raise KeyboardInterrupt
+        time.sleep(0.6)  # the two iterations before the checkpoint take at least 1.2 s
+        return original(self)
+
+    monkeypatch.setattr(cls, "training_step", slow_then_crash)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, tiny_phantom, out, progress=False)
+    saved = load_checkpoint(out / "checkpoint_last.pt")
+    assert saved["iteration"] == 2 and saved["train_seconds"] >= 1.2
+    monkeypatch.setattr(cls, "training_step", original)
+    result = train_run(None, tiny_phantom, out, resume=True, progress=False)
+    assert result["resumed_at"] == 2
+    assert result["seconds"] == pytest.approx(saved["train_seconds"] + result["seconds_this_call"])
+    assert result["seconds_this_call"] < saved["train_seconds"]  # the fast resumed half alone would be less
+
+
 def test_resume_is_exact_with_the_auto_threshold(tiny_phantom: Path, tmp_path: Path, run_interrupted) -> None:
     """adversarial.t_semi: auto is recalibrated at the iteration-2 validation, used by the unlabeled batches
     of iterations 3 and 4 and saved in the checkpoint: a run killed at iteration 3 and resumed equals an

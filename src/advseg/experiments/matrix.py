@@ -715,6 +715,8 @@ class ExperimentMatrix:
         result = train_run(cfg, data, folder, unlabeled=unlabeled, resume=setup["resume"],
                            progress=progress and distributed.is_main(), device=self.device)
         t_train = time.perf_counter() - t0
+        # a cell resumed after a crash: its calls before the resume trained this long (to the checkpoint)
+        t_before = float(result.get("seconds", 0.0)) - float(result.get("seconds_this_call", 0.0))
         if not distributed.is_main():
             return {}
         checkpoint = self.config.checkpoint
@@ -734,8 +736,8 @@ class ExperimentMatrix:
             "checkpoint": checkpoint,
             "train": {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                       for k, v in result.items()},
-            "seconds": {"train": t_train, "evaluate": time.perf_counter() - t0 - t_train,
-                        "total": time.perf_counter() - t0},
+            "seconds": {"train": t_before + t_train, "evaluate": time.perf_counter() - t0 - t_train,
+                        "total": t_before + time.perf_counter() - t0},
             "summary": summary,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }

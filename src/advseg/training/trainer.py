@@ -152,6 +152,10 @@ class Trainer:
         self.iteration = 0
         self.best_score = -math.inf
         self.best_iteration = -1
+        # training seconds of the calls before this one, up to the checkpoint they resumed from: a run
+        # resumed after a crash reports the time its iterations took, not only the last call's share
+        self.seconds_before = 0.0
+        self._fit_t0: float | None = None
         self.nets: dict[str, torch.nn.Module] = {}
         self.optims: dict[str, torch.optim.Optimizer] = {}
         self.scheds: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
@@ -348,7 +352,8 @@ class Trainer:
         total = self.cfg.train.iterations
         tc = self.cfg.train
         bar = _Progress(total, self.iteration, enabled=progress and self.is_main)
-        t0 = time.perf_counter()
+        t0 = self._fit_t0 = time.perf_counter()
+        start = self.iteration
         try:
             while self.iteration < total and not self.plateaued():
                 logs = self.training_step()
@@ -383,11 +388,15 @@ class Trainer:
             distributed.broadcast_buffers(net)
         if self.is_main:
             self.log.plot(self.run_dir / "learning_curves.png")
+        this_call = time.perf_counter() - t0
+        self.seconds_before, self._fit_t0 = self.seconds_before + this_call, None
         return {
             "best_score": self.best_score,
             "best_iteration": self.best_iteration,
             "iterations": self.iteration,
-            "seconds": time.perf_counter() - t0,
+            "seconds": self.seconds_before,
+            "seconds_this_call": this_call,
+            "resumed_at": start if start else None,
         }
 
     def plateaued(self) -> bool:
@@ -506,6 +515,7 @@ class Trainer:
             "optimizers": {k: o.state_dict() for k, o in self.optims.items()},
             "schedulers": {k: s.state_dict() for k, s in self.scheds.items()},
             "scaler": self.scaler.state_dict(),
+            "train_seconds": self.train_seconds(),
             **mine,
         }
         if self.world_size > 1:
@@ -524,8 +534,15 @@ class Trainer:
             return {"rng": state["rng"], "data": state["data"], "extra": state.get("extra", {})}
         return None
 
+    def train_seconds(self) -> float:
+        """Seconds spent in :meth:`fit` over all calls so far (the calls before a resume counted up to the
+        checkpoint it resumed from)."""
+        now = 0.0 if self._fit_t0 is None else time.perf_counter() - self._fit_t0
+        return self.seconds_before + now
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.iteration = int(state["iteration"])
+        self.seconds_before = float(state.get("train_seconds", 0.0))  # absent in checkpoints before 2026-12
         self.best_score = float(state["best_score"])
         self.best_iteration = int(state["best_iteration"])
         for k, m in self.nets.items():
