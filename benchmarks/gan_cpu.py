@@ -2,6 +2,7 @@
 
     python benchmarks/gan_cpu.py --out runs/gan_cpu --results benchmarks/results/gan_cpu
     python benchmarks/gan_cpu.py --smoke --out /tmp/gan_smoke --results /tmp/gan_smoke/results
+    python benchmarks/gan_cpu.py --gan-set 'hu_window=[-250, 350]' --out OUT --results RESULTS
 
 1. ``OUT/data``: phantoms of 32 x 64 x 64 voxels (the preset's last stage, so the GAN's grid is the
    data grid): 80 labeled (the GAN's training images, S's training cases and Table I's real
@@ -26,12 +27,14 @@ import argparse
 import csv
 import json
 import platform
+import shlex
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from advseg.io.atomic import atomic_write_text
 from advseg.synthesis.config import gan_preset, merge_gan_config
@@ -73,6 +76,8 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="a few iterations everywhere (pipeline check)")
     ap.add_argument("--samples", type=int, default=None, help="samples for the report (default 30)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--gan-set", dest="gan_set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a key of the cpu preset (a YAML value), e.g. 'hu_window=[-250, 350]'")
     args = ap.parse_args()
     from advseg.data.phantom import write_phantom_dataset
     from advseg.experiments.demo import run_method
@@ -91,7 +96,12 @@ def main() -> None:
     timings["phantoms_s"] = round(time.perf_counter() - t0, 1)
 
     cfg = gan_preset("cpu")
-    cfg = merge_gan_config(cfg, {"seed": args.seed, "device": "cpu", **(SMOKE_GAN if args.smoke else {})})
+    try:
+        given = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.gan_set)}
+    except ValueError:
+        ap.error(f"--gan-set takes KEY=VALUE, got {args.gan_set}")
+    smoke_gan = SMOKE_GAN if args.smoke else {}
+    cfg = merge_gan_config(cfg, {"seed": args.seed, "device": "cpu", **smoke_gan, **given})
     gan = out / "gan"
     t0 = time.perf_counter()
     train_gan(data, gan, cfg, resume=(gan / "checkpoints" / LATEST).is_file(), progress=False)
@@ -131,6 +141,7 @@ def main() -> None:
                      "hu_error_real_test": o["hu_error_real_test"], "found": o["found"]}
               for name, o in result["organs"].items()}
     smoke = " --smoke" if args.smoke else ""
+    smoke += "".join(f" --gan-set {shlex.quote(item)}" for item in args.gan_set)
     summary_out = {
         "command": f"python benchmarks/gan_cpu.py --out {out} --results {res}{smoke}",
         "smoke": args.smoke, "preset": cfg.to_dict(), "threads": torch.get_num_threads(),
