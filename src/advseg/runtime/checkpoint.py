@@ -1,8 +1,9 @@
 """Atomic checkpoints that load with ``torch.load(weights_only=True)``.
 
 A checkpoint holds everything needed to continue a run exactly: the weights and optimizer /
-scheduler states of every network, the iteration, the config, the best validation score and the
-RNG states (torch, numpy global, Python, and the samplers' own generators). Only tensors and plain
+scheduler states of every network, the iteration, the config, the best validation score, the
+training seconds so far (so a resumed run reports what all its iterations cost) and the RNG states
+(torch, numpy global, Python, and the samplers' own generators). Only tensors and plain
 Python containers are stored, so the restricted unpickler of ``weights_only=True`` accepts them.
 """
 
