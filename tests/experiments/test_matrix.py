@@ -524,6 +524,14 @@ def test_results_files_rebuild_the_matrix_tables(matrix_run: dict, tmp_path: Pat
     assert res.exit_code == 0, res.output
     page = (tmp_path / "r.html").read_text()
     assert "folder of committed cell results" in page and "Wilcoxon" in page and "<h3>Cells" in page
+    assert "finished cells: 6 of 6</li>" in page  # the files alone do not know the plan
+    # with the experiment config the report counts them against the plan and names the missing cells
+    res = runner.invoke(app, ["report", str(tmp_path / "copy"), "--out", str(tmp_path / "r.html"),
+                              "--config", str(plan)])
+    assert res.exit_code == 0, res.output
+    page = (tmp_path / "r.html").read_text()
+    assert "finished cells: 6 of 8 planned</li>" in page
+    assert f"Missing: {last.method} at {last.level.text} (seed" in page
 
 
 def test_unfinished_cell_and_bad_result_file(tmp_path: Path) -> None:

@@ -39,14 +39,13 @@ def experiment(
     cells are skipped, so running the same command again resumes an interrupted matrix.
     """
     from advseg.experiments.aggregate import aggregate_folder
-    from advseg.experiments.matrix import ExperimentMatrix, expand_cells, load_matrix_config
+    from advseg.experiments.matrix import ExperimentMatrix, load_matrix_config, planned_cells
 
     try:
         if aggregate_only and results is not None:
             # committed cell files alone: no dataset, no run folders needed (a fresh clone can do it);
             # the config says which cells are planned, so the tables say which are still missing
-            plan = load_matrix_config(config, data=data, check_data=False)
-            planned = [(c.method, c.level.label, c.seed, c.fold) for c in expand_cells(plan)]
+            planned = planned_cells(load_matrix_config(config, data=data, check_data=False))
             agg, paths = aggregate_folder(results, planned=planned)
             done, total = agg.finished_cells, agg.total_cells
         else:
@@ -88,12 +87,19 @@ def report(
     run_dir: Annotated[Path, typer.Argument(help="Matrix folder, run folder, or a folder of run folders.")],
     out: Annotated[Path | None, typer.Option(
         help="HTML file to write (default RUN_DIR/report.html).")] = None,
+    config: Annotated[str | None, typer.Option(
+        help="Experiment config (built-in name or YAML) whose plan a folder of committed cell results "
+             "belongs to: the report counts the cells against it and lists the missing ones.")] = None,
 ) -> None:
     """Write a self-contained HTML report (tables, learning curves, overlays, confidence maps)."""
+    from advseg.experiments.matrix import load_matrix_config, planned_cells
     from advseg.experiments.report import write_report
 
     try:
-        path = write_report(run_dir, out)
+        planned = None
+        if config is not None:
+            planned = planned_cells(load_matrix_config(config, check_data=False))
+        path = write_report(run_dir, out, planned=planned)
     except InputError as exc:
         fail(exc)
     typer.echo(f"wrote {path}")

@@ -491,6 +491,12 @@ def expand_cells(cfg: MatrixConfig) -> list[Cell]:
     return cells
 
 
+def planned_cells(cfg: MatrixConfig) -> list[tuple[str, str, int, int]]:
+    """Every cell of the plan as ``(method, level label, seed, fold)``: what a folder of committed cell
+    results is counted against (:attr:`advseg.experiments.aggregate.CellResult.key`)."""
+    return [(c.method, c.level.label, c.seed, c.fold) for c in expand_cells(cfg)]
+
+
 def cell_config(cfg: MatrixConfig, method: MethodSpec, level: Level, fold: int, seed: int) -> Config:
     """The training config of one cell: method preset (+ size), the matrix's and the method's
     settings, then the cell's fold, seed and labeled level."""

@@ -31,6 +31,7 @@ import io
 import json
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from advseg.experiments.aggregate import (
     Aggregate,
     CellResult,
     Collection,
+    PlannedCell,
     Table,
     aggregate,
     find_results,
@@ -83,8 +85,13 @@ def _is_report(path: Path) -> bool:
         return False
 
 
-def write_report(path: str | Path, out: str | Path | None = None) -> Path:
+def write_report(path: str | Path, out: str | Path | None = None,
+                 planned: Sequence[PlannedCell] | None = None) -> Path:
     """Write ``report.html`` for ``path`` (default into ``path``) and return its path.
+
+    ``planned``: every cell of the experiment's plan (for a folder of committed cell results, which
+    does not know it): the overview counts the finished cells against it and the notes list the
+    missing ones, as ``advseg experiment --aggregate --results`` does.
 
     Raises :class:`InputError` if ``path`` is not a matrix folder, a run folder or a folder of runs.
     """
@@ -94,10 +101,10 @@ def write_report(path: str | Path, out: str | Path | None = None) -> Path:
         raise InputError(out, "is a folder; give the HTML file to write")
     if out.is_file() and not _is_report(out):
         raise InputError(out, "exists and is not an advseg report; choose another file name")
-    parts = [f"<h1>{_e(collection.name)}</h1>", _overview(collection)]
+    parts = [f"<h1>{_e(collection.name)}</h1>", _overview(collection, planned)]
     agg = None
     try:
-        agg = aggregate(collection)
+        agg = aggregate(collection, planned=planned)
     except InputError as exc:
         parts.append(f"<p class='note'>No result tables: {_e(exc.problem)}.</p>")
     if agg is not None:
@@ -153,11 +160,16 @@ def png_tag(png: bytes, alt: str) -> str:
     return f"<img alt='{_e(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode('ascii')}'>"
 
 
-def _overview(c: Collection) -> str:
+def _overview(c: Collection, planned: Sequence[PlannedCell] | None = None) -> str:
     what = {"matrix": "experiment matrix", "runs": "folder of training runs", "run": "training run",
             "results": "folder of committed cell results"}[c.kind]
+    if planned is not None:
+        plan = set(planned)
+        done = f"{sum(cell.key in plan for cell in c.cells)} of {len(plan)} planned"
+    else:
+        done = f"{len(c.cells)} of {c.total_cells}"
     items = [f"<li>{what}: <code>{_e(c.root.resolve())}</code></li>",
-             f"<li>finished cells: {len(c.cells)} of {c.total_cells}</li>"]
+             f"<li>finished cells: {done}</li>"]
     if c.arms:
         items.append(f"<li>arms (method @ labeled level): {_e(', '.join(c.arms))}</li>")
     return "<ul>" + "".join(items) + "</ul>"
