@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,3 +77,37 @@ def test_every_page_is_in_the_site_nav() -> None:
     on_disk = {p.name for p in DOCS.glob("*.md")}
     assert on_disk <= listed, f"pages missing from mkdocs.yml's nav: {sorted(on_disk - listed)}"
     assert listed <= on_disk, f"nav names missing pages: {sorted(listed - on_disk)}"
+
+
+
+@pytest.fixture(scope="module")
+def results_docs(tmp_path_factory: pytest.TempPathFactory):
+    """``benchmarks/results_docs.py`` and the summaries it builds from the committed results."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("results_docs", ROOT / "benchmarks" / "results_docs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    folder = (ROOT / "benchmarks" / "results" / "hippocampus").resolve()
+    return module, {folder: module.build_summary(folder, tmp_path_factory.mktemp("tables"))}
+
+
+def test_generated_result_tables_in_the_docs_match_the_committed_results(results_docs) -> None:
+    """The docs' tables of a matrix are rebuilt from the committed cell files: a result committed
+    without ``python benchmarks/results_docs.py`` (or a hand edit of a table) fails here."""
+    module, summaries = results_docs
+    page = DOCS / "results.md"
+    assert "<!-- generated: benchmarks/results/hippocampus |" in page.read_text()
+    text, changed = module.update_page(page, summaries)
+    assert changed == [], "run: python benchmarks/results_docs.py"
+    assert text == page.read_text()
+
+
+def test_the_generated_tables_check_can_fail(results_docs, tmp_path: Path) -> None:
+    module, summaries = results_docs
+    row = "| res_unet_aux | 4 cases | 3 |"
+    stale = (DOCS / "results.md").read_text().replace(row, row.replace("3", "9"), 1)
+    (tmp_path / "results.md").write_text(stale)
+    text, changed = module.update_page(tmp_path / "results.md", summaries)
+    assert changed == [f"{tmp_path / 'results.md'}: benchmarks/results/hippocampus"]
+    assert text == (DOCS / "results.md").read_text()  # the rewrite restores the generated table
