@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from advseg.config import DataConfig
 from advseg.errors import InputError
 from advseg.synthesis.config import gan_preset, merge_gan_config
 from advseg.synthesis.layers import EqConv3d, minibatch_std, pixel_norm
@@ -160,6 +161,8 @@ def test_cpu_preset_reaches_32x64x64_with_the_physical_aspect() -> None:
     assert cfg.iterations(2) > cfg.iterations(len(cfg.stages) - 1)
     g = Generator(cfg.stages, cfg.channels, cfg.latent_channels)
     assert sum(p.numel() for p in g.parameters()) < 2_000_000  # CPU-sized
+    # the GAN models the CT window the S-net sees (with [-1000, 1000] the samples had no prostate)
+    assert cfg.hu_window == DataConfig().hu_window == [-250.0, 350.0]
 
 
 @pytest.mark.slow

@@ -18,13 +18,14 @@ and a GAN preset there would be listed (and rejected) as a segmentation preset.
   them. Seconds per iteration measured with ``python benchmarks/gan_small.py --preset cpu`` on
   this 2-core machine while other jobs ran (0.02, 0.10, 0.20, 0.60 and 2.1-4.4 s with 8-16
   channels at the last stage): 1500 x (0.02 + 0.10 + 0.20 + 0.60) + 600 x 2.1 = about 44 minutes.
+  Its ``hu_window`` is the S-net's CT window, [-250, 350] HU, not the full [-1000, 1000]: the
+  ~30 HU between prostate and bladder is then 0.10 of the GAN's [-1, 1] range instead of 0.03.
   ``python benchmarks/gan_cpu.py`` trains it end to end and measures Table I, organ presence and
-  the copy check (``benchmarks/results/gan_cpu/``). Measured there (2026-12-02, 2 threads): 3571 s
-  of training (the last stage 2.7 s an iteration); S-net finds the bladder, rectum and right femur
-  in 30 of 30 samples and the left femur in 29 (HU errors 8-49 HU), but **the prostate in none**
-  (1.9 mL against 34 mL real: the samples have no separable prostate), so the share of samples
-  with every organ is 0 %, against the issue's 90 %; no sample is a copy of a training volume; the
-  32 x 64 x 64 samples show a checkerboard texture the real volumes lack.
+  the copy check. Measured there (2026-12-02, 2 threads, ``benchmarks/results/gan_cpu_w350/``):
+  3510 s of training; S-net finds every organ in 26 of 30 samples (87 %; in 5 of the 6 real test
+  volumes, 83 %), the prostate in all 30 (27 mL against 34 mL real, HU error 5 HU), HU errors 5-25
+  HU, no sample a copy of a training volume. With [-1000, 1000] (``benchmarks/results/gan_cpu/``)
+  no sample had a separable prostate (1.9 mL), so every organ was found in 0 %.
 
 A user's YAML file may hold any subset of the keys, with ``base: small``, ``base: cpu`` or ``base: paper``.
 """
@@ -179,6 +180,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "iterations_per_stage": [1500, 1500, 1500, 1500, 600],
         "batch_sizes": [16, 16, 8, 8, 4],
         "checkpoint_every": 250,
+        # the S-net's CT window (DataConfig.hu_window): all S ever sees, and where the ~30 HU between
+        # prostate and bladder is 0.10 of [-1, 1] rather than 0.03 (with [-1000, 1000] no sample had one)
+        "hu_window": [-250.0, 350.0],
     },
 }
 
