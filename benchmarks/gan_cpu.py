@@ -9,8 +9,8 @@
    reference) and 6 test cases (S's test set and the real held-out baseline of the report).
 2. ``OUT/gan``: ``advseg synthesize train --preset cpu`` (resumed if interrupted).
 3. ``OUT/seg/res_unet``: the S-net that finds the organs, the demo's ``res_unet+cpu`` recipe at
-   64 x 64 in-plane (all 32 slices, 16 x 64 x 64 patches, 800 iterations), evaluated on the test
-   cases (Dice per organ).
+   64 x 64 in-plane (all 32 slices, 16 x 64 x 64 patches, 800 iterations or ``--seg-iterations``),
+   evaluated on the test cases (Dice per organ).
 4. ``OUT/report``: :func:`advseg.synthesis.report.synthesis_report` on 30 samples: per-organ HU error
    (Table I), share of samples with every organ found, nearest-neighbour copy check, Fig. 3.
 5. ``RESULTS`` (small files only, no weights): ``summary.json`` (timings per stage, S's Dice, the
@@ -76,6 +76,8 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="a few iterations everywhere (pipeline check)")
     ap.add_argument("--samples", type=int, default=None, help="samples for the report (default 30)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seg-iterations", type=int, default=800,
+                    help="iterations of the S-net that finds the organs (the measuring instrument)")
     ap.add_argument("--gan-set", dest="gan_set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a key of the cpu preset (a YAML value), e.g. 'hu_window=[-250, 350]'")
     args = ap.parse_args()
@@ -116,7 +118,8 @@ def main() -> None:
     else:
         if (seg / "res_unet").exists():
             shutil.rmtree(seg / "res_unet")  # an interrupted S-net run of this script: train it again
-        summary = run_method("res_unet", data, seg, 20 if args.smoke else 800, args.seed, progress=False,
+        summary = run_method("res_unet", data, seg, 20 if args.smoke else args.seg_iterations, args.seed,
+                             progress=False,
                              size="cpu", overrides=SEG_OVERRIDES)
     timings["segmenter_s"] = round(time.perf_counter() - t0, 1)
 
@@ -142,6 +145,8 @@ def main() -> None:
               for name, o in result["organs"].items()}
     smoke = " --smoke" if args.smoke else ""
     smoke += "".join(f" --gan-set {shlex.quote(item)}" for item in args.gan_set)
+    if args.seg_iterations != 800:
+        smoke += f" --seg-iterations {args.seg_iterations}"
     summary_out = {
         "command": f"python benchmarks/gan_cpu.py --out {out} --results {res}{smoke}",
         "smoke": args.smoke, "preset": cfg.to_dict(), "threads": torch.get_num_threads(),
