@@ -22,10 +22,12 @@ and a GAN preset there would be listed (and rejected) as a segmentation preset.
   ~30 HU between prostate and bladder is then 0.10 of the GAN's [-1, 1] range instead of 0.03.
   ``python benchmarks/gan_cpu.py`` trains it end to end and measures Table I, organ presence and
   the copy check. Measured there (2026-12-02, 2 threads, ``benchmarks/results/gan_cpu_w350/``):
-  3510 s of training; S-net finds every organ in 26 of 30 samples (87 %; in 5 of the 6 real test
-  volumes, 83 %), the prostate in all 30 (27 mL against 34 mL real, HU error 5 HU), HU errors 5-25
-  HU, no sample a copy of a training volume. With [-1000, 1000] (``benchmarks/results/gan_cpu/``)
-  no sample had a separable prostate (1.9 mL), so every organ was found in 0 %.
+  3510 s of training; an S-net of 800 iterations finds every organ in 26 of 30 samples (87 %; in 5
+  of the 6 real test volumes, 83 %), one of 2000 iterations in 30 of 30 (and 6 of 6 real ones,
+  ``benchmarks/results/gan_cpu_w350_s2000/``), the prostate always (27 mL against 34 mL real);
+  soft-tissue HU errors 5-15 HU, no sample a copy of a training volume. With [-1000, 1000]
+  (``benchmarks/results/gan_cpu/``) no sample had a separable prostate (1.9 mL), so every organ
+  was found in 0 %.
 
 A user's YAML file may hold any subset of the keys, with ``base: small``, ``base: cpu`` or ``base: paper``.
 """
