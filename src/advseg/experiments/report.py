@@ -101,12 +101,13 @@ def write_report(path: str | Path, out: str | Path | None = None,
         raise InputError(out, "is a folder; give the HTML file to write")
     if out.is_file() and not _is_report(out):
         raise InputError(out, "exists and is not an advseg report; choose another file name")
-    parts = [f"<h1>{_e(collection.name)}</h1>", _overview(collection, planned)]
     agg = None
     try:
         agg = aggregate(collection, planned=planned)
+        parts = [f"<h1>{_e(collection.name)}</h1>", _overview(collection, agg, planned is not None)]
     except InputError as exc:
-        parts.append(f"<p class='note'>No result tables: {_e(exc.problem)}.</p>")
+        parts = [f"<h1>{_e(collection.name)}</h1>", _overview(collection),
+                 f"<p class='note'>No result tables: {_e(exc.problem)}.</p>"]
     if agg is not None:
         figure = None  # the DSC-against-labels figure, where write_aggregate has drawn it already
         if collection.kind == "matrix":
@@ -160,12 +161,12 @@ def png_tag(png: bytes, alt: str) -> str:
     return f"<img alt='{_e(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode('ascii')}'>"
 
 
-def _overview(c: Collection, planned: Sequence[PlannedCell] | None = None) -> str:
+def _overview(c: Collection, agg: Aggregate | None = None, planned: bool = False) -> str:
+    """``agg``: its cell counts (against the plan, where ``planned``) replace the collection's own."""
     what = {"matrix": "experiment matrix", "runs": "folder of training runs", "run": "training run",
             "results": "folder of committed cell results"}[c.kind]
-    if planned is not None:
-        plan = set(planned)
-        done = f"{sum(cell.key in plan for cell in c.cells)} of {len(plan)} planned"
+    if agg is not None:
+        done = f"{agg.finished_cells} of {agg.total_cells}" + (" planned" if planned else "")
     else:
         done = f"{len(c.cells)} of {c.total_cells}"
     items = [f"<li>{what}: <code>{_e(c.root.resolve())}</code></li>",
