@@ -143,12 +143,12 @@ def main() -> None:
     organs = {name: {"hu_error": o["hu_error"], "difference": o["difference"],
                      "hu_error_real_test": o["hu_error_real_test"], "found": o["found"]}
               for name, o in result["organs"].items()}
-    smoke = " --smoke" if args.smoke else ""
-    smoke += "".join(f" --gan-set {shlex.quote(item)}" for item in args.gan_set)
+    flags = " --smoke" if args.smoke else ""
+    flags += "".join(f" --gan-set {shlex.quote(item)}" for item in args.gan_set)
     if args.seg_iterations != 800:
-        smoke += f" --seg-iterations {args.seg_iterations}"
+        flags += f" --seg-iterations {args.seg_iterations}"
     summary_out = {
-        "command": f"python benchmarks/gan_cpu.py --out {out} --results {res}{smoke}",
+        "command": f"python benchmarks/gan_cpu.py --out {out} --results {res}{flags}",
         "smoke": args.smoke, "preset": cfg.to_dict(), "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(), "timings": timings, "stages": stages,
         "segmenter_test_dice": _dice(summary), "n_samples": result["n_synthetic"],
