@@ -69,6 +69,10 @@ def _dice(summary: dict[str, Any]) -> dict[str, float | None]:
     return {organ: m.get("dsc", {}).get("mean") for organ, m in summary.items() if isinstance(m, dict)}
 
 
+# The measuring S-net's default schedule; the recorded command names --seg-iterations only when it differs.
+SEG_ITERATIONS = 800
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="run folder (data, GAN, S-net, report)")
@@ -76,7 +80,7 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="a few iterations everywhere (pipeline check)")
     ap.add_argument("--samples", type=int, default=None, help="samples for the report (default 30)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--seg-iterations", type=int, default=800,
+    ap.add_argument("--seg-iterations", type=int, default=SEG_ITERATIONS,
                     help="iterations of the S-net that finds the organs (the measuring instrument)")
     ap.add_argument("--gan-set", dest="gan_set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a key of the cpu preset (a YAML value), e.g. 'hu_window=[-250, 350]'")
@@ -145,7 +149,7 @@ def main() -> None:
               for name, o in result["organs"].items()}
     flags = " --smoke" if args.smoke else ""
     flags += "".join(f" --gan-set {shlex.quote(item)}" for item in args.gan_set)
-    if args.seg_iterations != 800:
+    if args.seg_iterations != SEG_ITERATIONS:
         flags += f" --seg-iterations {args.seg_iterations}"
     summary_out = {
         "command": f"python benchmarks/gan_cpu.py --out {out} --results {res}{flags}",
