@@ -534,6 +534,52 @@ def test_results_files_rebuild_the_matrix_tables(matrix_run: dict, tmp_path: Pat
     assert f"Missing: {last.method} at {last.level.text} (seed" in page
 
 
+def test_cells_with_committed_results_are_not_trained_again(matrix_run: dict, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new machine: the run folders are gone, the committed result files are not. Only the cells
+    without a file train; a file computed with another config is refused, naming it, and kept."""
+    import advseg.training.api as api
+
+    matrix = matrix_run["matrix"]
+    results = tmp_path / "results"
+    for c in matrix.cells[:6]:
+        export_cell_result(matrix.cell_folder(c), results, command="test")
+    trained: list[Path] = []
+    real_train = api.train_run
+
+    def counting_train(cfg, data, out_dir, **kw):
+        trained.append(Path(out_dir))
+        return real_train(cfg, data, out_dir, **kw)
+
+    monkeypatch.setattr(api, "train_run", counting_train)
+    monkeypatch.setenv("ADVSEG_CACHE", str(tmp_path / "cache"))
+    fresh = ExperimentMatrix(load_matrix_config(matrix_run["config"]), tmp_path / "new_machine")
+    res = runner.invoke(app, ["experiment", str(matrix_run["config"]), "--out", str(fresh.out),
+                              "--results", str(results), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert trained == [fresh.cell_folder(c) for c in fresh.cells[6:]]
+    assert not (fresh.cell_folder(fresh.cells[0]) / DONE_FILE).exists()
+    assert len(read_results(results)) == 8  # the two trained cells were written too
+    # the plan changed since the file was computed: refused before any training, the file untouched
+    path = results / "res_unet" / "0.5" / "seed0_fold0.json"
+    doc = json.loads(path.read_text())
+    doc["config"]["train"]["lr"] = 0.5
+    path.write_text(json.dumps(doc))
+    before = path.read_bytes()
+    trained.clear()
+    res = runner.invoke(app, ["experiment", str(matrix_run["config"]), "--out", str(tmp_path / "third"),
+                              "--results", str(results), "--quiet"])
+    assert res.exit_code == 2
+    assert str(path) in res.output and "computed with another config" in res.output
+    assert "train.lr: 0.5" in res.output and "Traceback" not in res.output
+    assert trained == [] and path.read_bytes() == before
+    assert not (tmp_path / "third").exists()  # nothing written for a refused plan
+    # a key the file lacks (an option added since) is no difference
+    del doc["config"]["train"]["lr"]
+    path.write_text(json.dumps(doc))
+    assert fresh.committed_result(fresh.cells[0], results) is not None
+
+
 def test_unfinished_cell_and_bad_result_file(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not a finished experiment cell"):
         cell_result(tmp_path)

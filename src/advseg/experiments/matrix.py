@@ -90,7 +90,14 @@ from advseg.data.phantom import write_phantom_dataset
 from advseg.data.splits import load_or_create_splits, seeded_order
 from advseg.errors import InputError
 from advseg.evaluation.evaluate import evaluate_folders
-from advseg.experiments.results import DONE_FILE, MATRIX_FILE, export_cell_result, level_text
+from advseg.experiments.results import (
+    DONE_FILE,
+    MATRIX_FILE,
+    RESULT_FORMAT,
+    export_cell_result,
+    level_text,
+    result_path,
+)
 from advseg.io.atomic import atomic_write_text
 from advseg.io.guard import refuse_overlap
 from advseg.io.lock import LOCK_NAME, check_unlocked
@@ -558,6 +565,32 @@ class ExperimentMatrix:
                                      "cell folder to run it again, or use another --out")
         return record
 
+    def committed_result(self, cell: Cell, results: str | Path) -> dict[str, Any] | None:
+        """The cell's committed result file in ``results`` if there is one with the current config;
+        None if there is none.
+
+        This is what lets a matrix be computed over several days and machines: the run folders are
+        scratch, the small result files are committed, and a cell whose file is there is not trained
+        again. Keys the file's config lacks are not compared (options added since, at their defaults,
+        which keep the earlier behaviour). Raises :class:`InputError` when the file was computed with
+        another config, or is not a cell result.
+        """
+        path = result_path(results, {"method": cell.method, "level": cell.level.to_dict(),
+                                     "seed": cell.seed, "fold": cell.fold})
+        if not path.is_file():
+            return None
+        try:
+            doc = json.loads(path.read_text())
+        except ValueError as exc:
+            raise InputError(path, f"not JSON ({exc.msg} at line {exc.lineno})") from None
+        if not isinstance(doc, dict) or doc.get("format") != RESULT_FORMAT or "config" not in doc:
+            raise InputError(path, f"not a cell result ({RESULT_FORMAT}); move it out of --results")
+        diff = _config_diff(doc["config"], self.requested_config(cell).to_dict(), missing_equal=True)
+        if diff:
+            raise InputError(path, f"computed with another config ({'; '.join(diff[:3])}); delete this "
+                                   "file to run the cell again, or use another --results")
+        return doc
+
     def check_out(self) -> None:
         """The matrix folder must be new, empty, or a matrix folder already (never a stranger's), and
         may not be, contain or lie inside the config file, the dataset or a test folder."""
@@ -756,7 +789,9 @@ class ExperimentMatrix:
         """Run the given cells (default all), skipping finished ones; returns their records.
 
         ``results``: also write each finished cell (also those finished before) as a committable JSON
-        file into this folder (:func:`advseg.experiments.results.export_cell_result`).
+        file into this folder (:func:`advseg.experiments.results.export_cell_result`), and skip the
+        cells whose file is there already (:meth:`committed_result`; their record is that file's), so
+        that on a new machine only the missing cells train.
 
         Under ``torchrun`` (``torchrun --nproc_per_node=N -m advseg experiment ...``) each cell trains on
         all N ranks with DDP; rank 0 alone writes (manifest, cells, results) and the other ranks return
@@ -773,16 +808,25 @@ class ExperimentMatrix:
                 raise InputError(self.config.source,
                                  f"--cell {i}: the matrix has cells 0..{len(self.cells) - 1}")
         cells = self.cells if indices is None else [self.cells[i] for i in indices]
-        self.write_manifest()
-        done = {c.index: self.done_record(c) for c in cells}  # checks every finished cell before any work
+        self.check_out()
+        # every finished cell and committed result is checked before anything is written
+        done = {c.index: self.done_record(c) for c in cells}
         durations = [r["seconds"]["total"] for r in done.values() if r]
         pending = [c for c in cells if done[c.index] is None]
-        display = MatrixProgress(len(cells), len(cells) - len(pending), durations, enabled=progress)
-        records = {i: r for i, r in done.items() if r}
+        committed = {c.index: self.committed_result(c, results) if results is not None else None
+                     for c in pending}
+        self.write_manifest()
+        records: dict[int, dict[str, Any]] = {i: r for i, r in done.items() if r}
         if results is not None:
             for c in cells:
                 if done[c.index] is not None:
                     export_cell_result(self.cell_folder(c), results)
+            for c in pending:
+                if committed[c.index] is not None:
+                    records[c.index] = committed[c.index]
+                    durations.append(float(committed[c.index].get("seconds", {}).get("total") or 0.0))
+            pending = [c for c in pending if committed[c.index] is None]
+        display = MatrixProgress(len(cells), len(cells) - len(pending), durations, enabled=progress)
         for cell in pending:
             display.show(next_cell=cell)
             t0 = time.perf_counter()
@@ -910,12 +954,16 @@ def _prepare_cell_folder(folder: Path, expected: Config) -> bool:
     return True
 
 
-def _config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+def _config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "",
+                 missing_equal: bool = False) -> list[str]:
+    """``key: old -> new`` for each differing key; ``missing_equal``: a key ``old`` lacks differs not."""
     out = []
     for key in sorted(set(old) | set(new)):
+        if missing_equal and key not in old:
+            continue
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict) and key != "kwargs":
-            out += _config_diff(a, b, f"{prefix}{key}.")
+            out += _config_diff(a, b, f"{prefix}{key}.", missing_equal)
         elif a != b:
             out.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return out
