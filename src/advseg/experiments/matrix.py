@@ -572,8 +572,9 @@ class ExperimentMatrix:
         This is what lets a matrix be computed over several days and machines: the run folders are
         scratch, the small result files are committed, and a cell whose file is there is not trained
         again. Keys the file's config lacks are not compared (options added since, at their defaults,
-        which keep the earlier behaviour). Raises :class:`InputError` when the file was computed with
-        another config, or is not a cell result.
+        which keep the earlier behaviour), nor a shorter early-stop patience when the run never stopped
+        early (it trained every iteration, as it would have with the longer one). Raises
+        :class:`InputError` when the file was computed with another config, or is not a cell result.
         """
         path = result_path(results, {"method": cell.method, "level": cell.level.to_dict(),
                                      "seed": cell.seed, "fold": cell.fold})
@@ -585,7 +586,10 @@ class ExperimentMatrix:
             raise InputError(path, f"not JSON ({exc.msg} at line {exc.lineno})") from None
         if not isinstance(doc, dict) or doc.get("format") != RESULT_FORMAT or "config" not in doc:
             raise InputError(path, f"not a cell result ({RESULT_FORMAT}); move it out of --results")
-        diff = _config_diff(doc["config"], self.requested_config(cell).to_dict(), missing_equal=True)
+        requested = self.requested_config(cell).to_dict()
+        diff = _config_diff(doc["config"], requested, missing_equal=True)
+        if diff and _never_stopped_early(doc, requested):
+            diff = [d for d in diff if not d.startswith("train.early_stop_patience:")]
         if diff:
             raise InputError(path, f"computed with another config ({'; '.join(diff[:3])}); delete this "
                                    "file to run the cell again, or use another --results")
@@ -952,6 +956,17 @@ def _prepare_cell_folder(folder: Path, expected: Config) -> bool:
         raise InputError(folder, f"holds a run with another config ({'; '.join(diff[:3])}); delete it to "
                                  "start this cell again, or use another --out")
     return True
+
+
+def _never_stopped_early(doc: dict[str, Any], requested: dict[str, Any]) -> bool:
+    """Whether a committed result's run reached its last iteration, so that a longer patience (or none)
+    would have trained it the same way: patience decides only when to stop, nothing else in a run."""
+    old = doc["config"].get("train", {}).get("early_stop_patience")
+    new = requested.get("train", {}).get("early_stop_patience")
+    iterations = requested.get("train", {}).get("iterations")
+    ran = doc.get("train", {}).get("iterations")
+    longer = new is None or (old is not None and new >= old)
+    return longer and iterations is not None and ran == iterations
 
 
 def _config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "",
