@@ -578,6 +578,16 @@ def test_cells_with_committed_results_are_not_trained_again(matrix_run: dict, tm
     del doc["config"]["train"]["lr"]
     path.write_text(json.dumps(doc))
     assert fresh.committed_result(fresh.cells[0], results) is not None
+    # an early-stop patience the plan no longer has: the same run if it never stopped early
+    assert fresh.requested_config(fresh.cells[0]).train.early_stop_patience is None
+    doc["config"]["train"]["early_stop_patience"] = 1
+    doc["train"]["iterations"] = fresh.requested_config(fresh.cells[0]).train.iterations
+    path.write_text(json.dumps(doc))
+    assert fresh.committed_result(fresh.cells[0], results) is not None
+    doc["train"]["iterations"] -= 1  # stopped early: another run than the plan's
+    path.write_text(json.dumps(doc))
+    with pytest.raises(InputError, match="train.early_stop_patience: 1 -> None"):
+        fresh.committed_result(fresh.cells[0], results)
 
 
 def test_unfinished_cell_and_bad_result_file(tmp_path: Path) -> None:
