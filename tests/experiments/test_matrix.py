@@ -292,6 +292,13 @@ def test_cells_order_levels_and_packaged_configs(tmp_path: Path, tiny_phantom: P
     assert all(v == ["extra"] and table2.method(k).synthesize["n"] == 30
                for k, v in pools.items() if k.startswith("exp6"))
     assert len(expand_cells(table2)) == 45
+    # both label-scarce matrices train every cell the same iterations: no stop rule on a small
+    # validation set picks the winners (it did on Hippocampus, 8 labeled cases)
+    m_h = ExperimentMatrix(hippo, tmp_path / "h")
+    for mat, cfg_ in ((m_h, hippo), (m2, table2)):
+        trains = [mat.requested_config(c).train for c in expand_cells(cfg_)]
+        schedules = {(t.early_stop_patience, t.iterations) for t in trains}
+        assert len(schedules) == 1 and next(iter(schedules))[0] is None
     six = load_matrix_config("phantom_six")
     assert [m.name[:4] for m in six.methods] == ["exp1", "exp2", "exp3", "exp4", "exp5", "exp6"]
     assert six.methods[5].synthesize and six.test == "dataset"
