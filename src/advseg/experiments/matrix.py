@@ -96,6 +96,7 @@ from advseg.experiments.results import (
     RESULT_FORMAT,
     export_cell_result,
     level_text,
+    read_result,
     result_path,
 )
 from advseg.io.atomic import atomic_write_text
@@ -576,15 +577,11 @@ class ExperimentMatrix:
         early (it trained every iteration, as it would have with the longer one). Raises
         :class:`InputError` when the file was computed with another config, or is not a cell result.
         """
-        path = result_path(results, {"method": cell.method, "level": cell.level.to_dict(),
-                                     "seed": cell.seed, "fold": cell.fold})
+        path = result_path(results, cell.to_dict())
         if not path.is_file():
             return None
-        try:
-            doc = json.loads(path.read_text())
-        except ValueError as exc:
-            raise InputError(path, f"not JSON ({exc.msg} at line {exc.lineno})") from None
-        if not isinstance(doc, dict) or doc.get("format") != RESULT_FORMAT or "config" not in doc:
+        doc = read_result(path)
+        if doc is None or "config" not in doc:
             raise InputError(path, f"not a cell result ({RESULT_FORMAT}); move it out of --results")
         requested = self.requested_config(cell).to_dict()
         diff = _config_diff(doc["config"], requested, missing_equal=True)

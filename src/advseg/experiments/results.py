@@ -153,23 +153,27 @@ def export_cell_result(folder: str | Path, results: str | Path, command: str | N
     return path
 
 
+def read_result(path: str | Path) -> dict[str, Any] | None:
+    """One cell-result document (with ``_path``); None for a JSON file of another format. Raises on a
+    file that is not JSON, or a cell result without its ``cell`` or ``per_case``."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except ValueError as exc:
+        raise InputError(path, f"not JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(doc, dict) or doc.get("format") != RESULT_FORMAT:
+        return None
+    for key in ("cell", "per_case"):
+        if key not in doc:
+            raise InputError(path, f"cell result without '{key}'")
+    doc["_path"] = str(path)
+    return doc
+
+
 def read_results(results: str | Path) -> list[dict[str, Any]]:
     """Every cell-result document under ``results`` (sorted by path). Raises on a malformed file."""
-    root = Path(results)
-    docs = []
-    for path in sorted(root.glob(RESULT_GLOB)):
-        try:
-            doc = json.loads(path.read_text())
-        except ValueError as exc:
-            raise InputError(path, f"not JSON ({exc.msg} at line {exc.lineno})") from None
-        if not isinstance(doc, dict) or doc.get("format") != RESULT_FORMAT:
-            continue
-        for key in ("cell", "per_case"):
-            if key not in doc:
-                raise InputError(path, f"cell result without '{key}'")
-        doc["_path"] = str(path)
-        docs.append(doc)
-    return docs
+    docs = (read_result(path) for path in sorted(Path(results).glob(RESULT_GLOB)))
+    return [doc for doc in docs if doc is not None]
 
 
 def is_results_folder(path: str | Path) -> bool:
