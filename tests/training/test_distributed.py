@@ -237,7 +237,8 @@ def test_variants_two_ranks_stay_equal(tiny_phantom: Path, tmp_path: Path, prese
 @pytest.mark.slow
 def test_experiment_cell_under_torchrun(tiny_phantom: Path, tmp_path: Path) -> None:
     """``torchrun -m advseg experiment CONFIG --cell 0``: the cell trains on 2 ranks, rank 0 predicts,
-    evaluates and writes ``cell.json`` and the tables; a second launch finds the cell done."""
+    evaluates and writes ``cell.json``, the tables and the committable result; a second launch finds
+    the cell done, and a launch into a fresh folder with the same ``--results`` trains nothing."""
     import yaml
 
     cfg = tmp_path / "m.yaml"
@@ -245,9 +246,9 @@ def test_experiment_cell_under_torchrun(tiny_phantom: Path, tmp_path: Path) -> N
         "name": "ddp_matrix", "data": str(tiny_phantom), "size": "tiny", "folds": 2, "seeds": [0],
         "fractions": [1.0], "test": "cv", "overrides": ["train.iterations=2", "train.val_every=0"],
         "methods": [{"name": "aux", "preset": "res_unet_aux"}]}))
-    out = tmp_path / "out"
+    out, results = tmp_path / "out", tmp_path / "results"
     cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "advseg", "experiment", str(cfg),
-           "--out", str(out), "--quiet", "--cell", "0"]
+           "--out", str(out), "--quiet", "--cell", "0", "--results", str(results)]
     first = _run(cmd, _env(tmp_path))
     cells = list(out.rglob("cell.json"))
     assert len(cells) == 1
@@ -259,3 +260,10 @@ def test_experiment_cell_under_torchrun(tiny_phantom: Path, tmp_path: Path) -> N
     again = _run(cmd, _env(tmp_path))
     assert again.stdout.count("cell 0 finished; 1 of 2 cells done") == 1
     assert json.loads(cells[0].read_text())["finished"] == record["finished"]  # not run again
+    committed = list(results.rglob("*.json"))
+    assert len(committed) == 1
+    before = committed[0].read_bytes()
+    fresh = tmp_path / "fresh"  # a new machine: no run folders, the committed result alone
+    _run([*cmd[:cmd.index("--out") + 1], str(fresh), *cmd[cmd.index("--out") + 2:]], _env(tmp_path))
+    assert not list(fresh.rglob("checkpoint_*.pt")) and not list(fresh.rglob("cell.json"))
+    assert committed[0].read_bytes() == before

@@ -844,24 +844,37 @@ class ExperimentMatrix:
         # imports torch: here, not at the top, so that --list-cells and config checks start fast
         from advseg.training import distributed
 
+        committed: dict[int, dict[str, Any]] = {}  # rank 0's: the cells whose result is committed
+
         def plan() -> list[int]:
             for i in indices or []:
                 if not 0 <= i < len(self.cells):
                     raise InputError(self.config.source,
                                      f"--cell {i}: the matrix has cells 0..{len(self.cells) - 1}")
-            self.write_manifest()
+            self.check_out()
             cells = self.cells if indices is None else [self.cells[i] for i in indices]
-            return [c.index for c in cells]
+            # as in the one-process path: a cell finished in this --out is exported, not retrained; one
+            # whose result is committed (and not finished here) is not trained again on this machine
+            done = {c.index for c in cells if self.done_record(c) is not None}
+            if results is not None:
+                for c in cells:
+                    if c.index not in done:
+                        doc = self.committed_result(c, results)
+                        if doc is not None:
+                            committed[c.index] = doc
+            self.write_manifest()
+            return [c.index for c in cells if c.index not in committed]
 
         todo = distributed.run_on_main_first(plan, lambda shared: shared, share=lambda r: r)
-        records = []
+        records: dict[int, dict[str, Any]] = dict(committed)
         for i in todo:
             record = self.run_cell(self.cells[i], progress=progress)
             if distributed.is_main():
-                records.append(record)
+                records[i] = record
                 if results is not None:
                     export_cell_result(self.cell_folder(self.cells[i]), results)
-        return records
+        order = list(indices) if indices is not None else [c.index for c in self.cells]
+        return [records[i] for i in order if i in records] if distributed.is_main() else []
 
     def status(self) -> tuple[int, int]:
         """(finished cells, all cells)."""
