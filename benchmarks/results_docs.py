@@ -108,14 +108,19 @@ def update_page(page: Path, summaries: dict[Path, str]) -> tuple[str, list[str]]
     return "\n".join(out) + "\n", changed
 
 
+def generated_folders(pages: list[Path]) -> list[Path]:
+    """The results folders the generated blocks of ``pages`` name."""
+    return sorted({(REPO / m.group("folder")).resolve()
+                   for p in pages for line in p.read_text().splitlines() if (m := BEGIN.match(line))})
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="only report stale blocks (exit 1), write nothing")
     ap.add_argument("--docs", type=Path, default=REPO / "docs", help="folder of Markdown pages")
     args = ap.parse_args(argv)
     pages = sorted(args.docs.glob("*.md"))
-    folders = sorted({(REPO / m.group("folder")).resolve()
-                      for p in pages for line in p.read_text().splitlines() if (m := BEGIN.match(line))})
+    folders = generated_folders(pages)
     summaries: dict[Path, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for k, folder in enumerate(folders):

@@ -541,6 +541,35 @@ def test_results_files_rebuild_the_matrix_tables(matrix_run: dict, tmp_path: Pat
     assert f"Missing: {last.method} at {last.level.text} (seed" in page
 
 
+def test_results_record_input_digests_and_tables_warn_when_they_differ(matrix_run: dict,
+                                                                        tmp_path: Path) -> None:
+    """Each cell records a content digest of its data (and unlabeled pools); the tables warn when a
+    method's cells saw different unlabeled pools (a GAN trained again elsewhere) or datasets."""
+    from advseg.io.digest import folder_digest
+
+    matrix = matrix_run["matrix"]
+    results = tmp_path / "results"
+    paths = [export_cell_result(matrix.cell_folder(c), results, command="test") for c in matrix.cells]
+    docs = [json.loads(p.read_text()) for p in paths]
+    data = Path(json.loads((matrix.cell_folder(matrix.cells[0]) / DONE_FILE).read_text())["data"])
+    assert all(d["inputs"]["data"] == folder_digest(data) for d in docs)
+    assert docs[0]["inputs"]["data"]["files"] > 0 and docs[0]["inputs"]["unlabeled"] == []
+    assert not [n for n in aggregate(find_results(results)).notes if "different" in n]
+    method = docs[0]["cell"]["method"]
+    same = [p for p, d in zip(paths, docs, strict=True) if d["cell"]["method"] == method]
+    for i, p in enumerate(same[:2]):  # two cells of one method with different pools
+        doc = json.loads(p.read_text())
+        doc["inputs"]["unlabeled"] = [{"files": 30, "sha256": f"{i}" * 64}]
+        p.write_text(json.dumps(doc))
+    doc = json.loads(paths[-1].read_text())
+    doc["inputs"]["data"] = {"files": 3, "sha256": "f" * 64}
+    paths[-1].write_text(json.dumps(doc))
+    notes = aggregate(find_results(results)).notes
+    assert any(n.startswith(f"{method}: its cells used 3 different unlabeled pools")
+               for n in notes), notes
+    assert any(n.startswith("the cells trained on 2 different datasets") for n in notes), notes
+
+
 def test_cells_with_committed_results_are_not_trained_again(matrix_run: dict, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """A new machine: the run folders are gone, the committed result files are not. Only the cells

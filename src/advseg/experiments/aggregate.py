@@ -187,7 +187,31 @@ def _cell_info(record: Mapping[str, Any], validation: Mapping[str, Any] | None) 
     cfg = record.get("config") or record.get("requested_config") or {}
     supervised = (not adv.get("enabled")) and not (cfg.get("mean_teacher") or {}).get("enabled")
     return {"train": dict(record.get("train") or {}), "seconds": dict(record.get("seconds") or {}),
-            "validation": val, "supervised": bool(cfg) and supervised}
+            "validation": val, "supervised": bool(cfg) and supervised, "inputs": record.get("inputs")}
+
+
+def input_notes(cells: Sequence[CellResult]) -> list[str]:
+    """Warnings where cells that should have seen the same volumes did not, by the input digests
+    their records carry (:func:`advseg.io.digest.folder_digest`; cells without them are not
+    compared): more than one dataset among all cells, or more than one unlabeled pool (e.g. a GAN
+    trained again on another machine) among one method's cells."""
+    notes = []
+
+    def short(digest: Mapping[str, Any]) -> str:
+        return f"{str(digest.get('sha256', ''))[:8]} ({digest.get('files')} files)"
+
+    with_inputs = [c for c in cells if isinstance(c.info.get("inputs"), Mapping)]
+    datasets = {short(c.info["inputs"]["data"]) for c in with_inputs if c.info["inputs"].get("data")}
+    if len(datasets) > 1:
+        notes.append(f"the cells trained on {len(datasets)} different datasets: "
+                     + ", ".join(sorted(datasets)))
+    for method in dict.fromkeys(c.method for c in with_inputs):
+        pools = {tuple(short(d) for d in c.info["inputs"].get("unlabeled") or [])
+                 for c in with_inputs if c.method == method}
+        if len(pools) > 1:
+            notes.append(f"{method}: its cells used {len(pools)} different unlabeled pools: "
+                         + "; ".join(", ".join(p) or "none" for p in sorted(pools)))
+    return notes
 
 
 def _level_order(label: str) -> tuple[int, float]:
@@ -390,7 +414,7 @@ def aggregate(
     costs = {arm: cost_summary([c for c in collection.cells if c.arm == arm]) for arm in arms}
     baseline = baseline_method(collection, [arm_info[a]["method"] for a in arms])
     cells = cell_records(collection.cells, rows, organs, baseline)
-    notes = []
+    notes = input_notes(collection.cells)
     finished, total = len(collection.cells), collection.total_cells
     if planned is not None:
         plan = set(planned)

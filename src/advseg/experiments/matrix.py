@@ -100,6 +100,7 @@ from advseg.experiments.results import (
     result_path,
 )
 from advseg.io.atomic import atomic_write_text
+from advseg.io.digest import folder_digest
 from advseg.io.guard import refuse_overlap
 from advseg.io.lock import LOCK_NAME, check_unlocked
 
@@ -771,6 +772,9 @@ class ExperimentMatrix:
             "requested_config": cfg.to_dict(),
             "data": str(Path(data).resolve()),
             "unlabeled_dirs": [str(Path(d).resolve()) for d in unlabeled],
+            # which volumes the cell saw: the phantom data and a synthetic pool are regenerated on each
+            # machine, and the digests show whether cells computed on different days saw the same ones
+            "inputs": {"data": folder_digest(data), "unlabeled": [folder_digest(d) for d in unlabeled]},
             "test_mode": self.config.test if isinstance(self.config.test, str) else "folder",
             "test_cases": [t.to_dict() for t in tests],
             "checkpoint": checkpoint,

@@ -106,6 +106,7 @@ def cell_result(folder: str | Path, command: str | None = None) -> dict[str, Any
         "seconds": record.get("seconds", {}),
         "checkpoint": record.get("checkpoint"),
         "test_cases": [t["name"] for t in record.get("test_cases", [])],
+        "inputs": record.get("inputs"),
         "cases": _case_counts(folder),
         "per_case": _per_case(folder),
         "summary": record.get("summary", {}),
