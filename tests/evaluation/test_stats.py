@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import wilcoxon
 
-from advseg.evaluation.stats import best_rows, describe, paired_wilcoxon, quality
+from advseg.evaluation.stats import best_rows, describe, paired_difference_ci, paired_wilcoxon, quality
 
 
 def test_describe_known_numbers_and_nan() -> None:
@@ -75,3 +75,25 @@ def test_best_rows_direction_ties_and_nan() -> None:
     assert best_rows("ahd", [None, math.nan]) == [False, False]
     assert best_rows("dsc", [0.8]) == [False] and best_rows("dsc", [0.8, None]) == [False, False]
     assert quality("ashd", 2.0) < quality("ashd", 1.0)
+
+
+def test_paired_difference_ci_resamples_whole_cases() -> None:
+    rng = np.random.default_rng(1)
+    case_effect = rng.normal(0.0, 0.02, size=20)
+    # two seeds per case with the same per-case difference: 40 pairs, but only 20 independent cases
+    a = {(f"c{i}", 0, s): 0.8 + case_effect[i] + 0.01 for i in range(20) for s in (0, 1)}
+    b = {(f"c{i}", 0, s): 0.8 for i in range(20) for s in (0, 1)}
+    a[("c0", 0, 1)] = math.nan  # an undefined value: that pair is left out
+    res = paired_difference_ci(a, b, "dsc")
+    assert (res.n, res.clusters) == (39, 20)
+    diffs = [a[k] - b[k] for k in a if math.isfinite(a[k])]
+    assert res.mean == pytest.approx(np.mean(diffs))
+    assert res.low < res.mean < res.high
+    assert paired_difference_ci(a, b, "dsc") == res  # seeded: the same interval again
+    per_pair = paired_difference_ci(a, b, "dsc", cluster=lambda key: key)
+    assert (res.high - res.low) > 1.25 * (per_pair.high - per_pair.low)  # ~sqrt(2) wider
+    same = paired_difference_ci({("x", 0, 0): 0.9, ("y", 0, 0): 0.9}, {("x", 0, 0): 0.8, ("y", 0, 0): 0.8})
+    assert same.low == pytest.approx(0.1) and same.high == pytest.approx(0.1)
+    one = paired_difference_ci({("x", 0, 0): 0.9}, {("x", 0, 0): 0.8})
+    assert one.clusters == 1 and math.isnan(one.low)
+    assert paired_difference_ci({}, {}).n == 0

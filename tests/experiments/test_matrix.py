@@ -652,6 +652,23 @@ def test_dsc_against_labels_figure(matrix_run: dict, tmp_path: Path) -> None:
     assert "dsc_vs_labels.png" in out
 
 
+def test_paired_difference_figure(matrix_run: dict, tmp_path: Path) -> None:
+    """Each method against the baseline at its level, with a case-bootstrap interval; drawn only
+    where some method has a baseline cell at its level."""
+    from advseg.experiments.figures import plot_paired_differences
+
+    agg = aggregate(find_results(matrix_run["out"]))
+    assert agg.baseline is not None
+    out = write_aggregate(agg, tmp_path / "tables")
+    assert out["dsc_difference.png"].read_bytes()[:4] == b"\x89PNG"
+    only_base = aggregate(find_results(matrix_run["out"]))
+    only_base.arms = [a for a in only_base.arms if only_base.arm_info[a]["method"] == agg.baseline]
+    assert plot_paired_differences(only_base, tmp_path / "b.png") is None
+    agg.baseline = None
+    assert plot_paired_differences(agg, tmp_path / "c.png") is None
+    assert not (tmp_path / "b.png").exists() and not (tmp_path / "c.png").exists()
+
+
 def test_cost_table_shows_the_mask_in_use_and_its_accuracy(tmp_path: Path) -> None:
     from advseg.experiments.aggregate import CellResult, _cell_info, cost_summary
 

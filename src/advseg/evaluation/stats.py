@@ -9,6 +9,9 @@
   are dropped; exact distribution for small samples without ties, normal approximation otherwise).
   RVD is compared as ``|RVD|`` (its quality is the distance from 0, a signed test would reward
   over- and under-segmentation alike).
+* :func:`paired_difference_ci`: the mean paired difference with a percentile bootstrap confidence
+  interval that resamples whole test cases (a case's pairs from several seeds move together: they
+  are not independent samples).
 * :func:`best_rows`: which rows of a column hold the best value: the largest for DSC, NSD, IoU,
   sensitivity, specificity and precision; the smallest for the distances (AHD, ASHD, HD95); the
   smallest ``|mean|`` for the signed RVD.
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,6 +97,47 @@ def paired_wilcoxon(a: Mapping[Hashable, float], b: Mapping[Hashable, float], me
         warnings.simplefilter("ignore", RuntimeWarning)  # "sample size too small for normal approximation"
         res = wilcoxon(x, y)
     return PairedTest(n, float(res.statistic), float(res.pvalue), float(diff.mean()))
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """:func:`paired_difference_ci` of A against B: ``mean`` of ``A - B`` over ``n`` pairs from
+    ``clusters`` test cases, and the bootstrap interval ``[low, high]`` (NaN without two clusters)."""
+
+    n: int
+    clusters: int
+    mean: float
+    low: float
+    high: float
+
+
+def paired_difference_ci(
+    a: Mapping[Hashable, float], b: Mapping[Hashable, float], metric: str = "",
+    cluster: Callable[[Hashable], Hashable] = lambda key: key[0], level: float = 0.95,
+    resamples: int = 4000, seed: int = 0,
+) -> PairedDifference:
+    """Mean of ``A - B`` over the pairs :func:`paired_values` forms, with a percentile bootstrap
+    interval at ``level`` that draws whole clusters (``cluster(key)``; by default the key's first
+    item, the case of a ``(case, fold, seed)`` key) with replacement, ``resamples`` times from a
+    generator seeded with ``seed`` (the same inputs give the same interval)."""
+    keys, x, y = paired_values(a, b, metric)
+    if not keys:
+        return PairedDifference(0, 0, math.nan, math.nan, math.nan)
+    diff = x - y
+    groups: dict[Hashable, list[int]] = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(cluster(k), []).append(i)
+    sums = np.array([diff[idx].sum() for idx in groups.values()])
+    counts = np.array([len(idx) for idx in groups.values()], dtype=np.float64)
+    mean = float(diff.mean())
+    if len(groups) < 2:
+        return PairedDifference(len(keys), len(groups), mean, math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    draw = rng.integers(0, len(groups), size=(resamples, len(groups)))
+    boot = sums[draw].sum(axis=1) / counts[draw].sum(axis=1)
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(boot, [tail, 100 - tail])
+    return PairedDifference(len(keys), len(groups), mean, float(low), float(high))
 
 
 def best_rows(metric: str, means: Sequence[float | None], decimals: int | None = None) -> list[bool]:

@@ -34,7 +34,7 @@ from typing import Any
 from advseg.data.dataset import load_dataset
 from advseg.errors import InputError
 from advseg.evaluation.stats import best_rows, describe, paired_wilcoxon
-from advseg.experiments.figures import plot_metric_vs_labels
+from advseg.experiments.figures import plot_metric_vs_labels, plot_paired_differences
 from advseg.experiments.results import (
     DONE_FILE,
     MATRIX_FILE,
@@ -837,6 +837,9 @@ def write_aggregate(agg: Aggregate, out_dir: str | Path) -> dict[str, Path]:
     figure = plot_metric_vs_labels(agg, out / "dsc_vs_labels.png", "dsc", total_cases=agg.training_cases)
     if figure is not None:
         written["dsc_vs_labels.png"] = figure
+    figure = plot_paired_differences(agg, out / "dsc_difference.png", "dsc")
+    if figure is not None:
+        written["dsc_difference.png"] = figure
     return written
 
 

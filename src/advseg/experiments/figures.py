@@ -1,4 +1,5 @@
-"""Figures of an aggregated experiment: a metric against the amount of labeled data, per method."""
+"""Figures of an aggregated experiment: a metric against the amount of labeled data, per method, and
+each method's paired difference from the baseline at the same level."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from advseg.evaluation.stats import paired_difference_ci
+from advseg.experiments.results import level_text
 from advseg.io.atomic import atomic_path
 
 
@@ -63,6 +66,60 @@ def plot_metric_vs_labels(
         ax.set_title(organ)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_paired_differences(agg: Any, path: str | Path, metric: str = "dsc") -> Path | None:
+    """Each method's mean paired difference in ``metric`` from the baseline method (``agg.baseline``)
+    at the same labeled level, one panel per organ, one row per (level, method), with a 95 %
+    bootstrap interval that resamples whole test cases
+    (:func:`advseg.evaluation.stats.paired_difference_ci`; the seeds of one case are not independent).
+    The differences are those of the tables' brackets; the interval says how far the test set lets
+    them move. Returns None when no method has a baseline cell at its level."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if agg.baseline is None:
+        return None
+    base = {agg.arm_info[a]["level"]: a for a in agg.arms if agg.arm_info[a]["method"] == agg.baseline}
+    arms = [a for a in agg.arms
+            if agg.arm_info[a]["method"] != agg.baseline and agg.arm_info[a]["level"] in base]
+    if not arms:
+        return None
+    order = {lv: i for i, lv in enumerate(dict.fromkeys(agg.arm_info[a]["level"] for a in agg.arms))}
+    arms.sort(key=lambda a: (order[agg.arm_info[a]["level"]], agg.arms.index(a)))
+
+    def values(arm: str, organ: str) -> dict[tuple, float]:
+        return {(r["case"], r["fold"], r["seed"]): r.get(metric, math.nan)
+                for r in agg.rows if r["arm"] == arm and r["organ"] == organ}
+
+    organs = list(agg.organs)
+    height = max(2.2, 1.0 + 0.32 * len(arms))
+    # one x scale for every organ: a difference reads the same size in each panel
+    fig, axes = plt.subplots(1, len(organs), figsize=(3.4 * len(organs), height), squeeze=False,
+                             sharey=True, sharex=True)
+    ys = list(range(len(arms)))[::-1]
+    for ax, organ in zip(axes[0], organs, strict=True):
+        for y, arm in zip(ys, arms, strict=True):
+            reference = base[agg.arm_info[arm]["level"]]
+            d = paired_difference_ci(values(arm, organ), values(reference, organ), metric)
+            if d.n == 0:
+                continue
+            err = None if math.isnan(d.low) else [[d.mean - d.low], [d.high - d.mean]]
+            ax.errorbar([d.mean], [y], xerr=err, fmt="o", capsize=3, color=f"C{agg.arms.index(arm) % 10}")
+        ax.axvline(0.0, color="0.3", lw=0.8)
+        ax.set_title(organ)
+        ax.set_xlabel(f"{metric.upper()} - {agg.baseline}")
+        ax.grid(alpha=0.3, axis="x")
+    axes[0][0].set_yticks(ys, [f"{agg.arm_info[a]['method']} @ {level_text(agg.arm_info[a]['level'])}"
+                               for a in arms], fontsize=8)
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path, suffix=".png") as tmp:
