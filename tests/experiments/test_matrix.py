@@ -222,6 +222,7 @@ def test_report_of_a_matrix_holds_tables_and_png_images(matrix_run: dict) -> Non
     assert "http://" not in page and "https://" not in page  # opens offline
     assert "baseline" in page and "res_unet" in page
     assert "alt='DSC against labeled cases'" in page  # the matrix spans two labeled levels
+    assert "<h3>DSC difference from res_unet at the same level (95 % case-bootstrap interval)</h3>" in page
 
 
 # ------------------------------------------------------------------------------ config and views

@@ -50,7 +50,7 @@ from advseg.experiments.aggregate import (
     tables,
     write_aggregate,
 )
-from advseg.experiments.figures import plot_metric_vs_labels
+from advseg.experiments.figures import plot_metric_vs_labels, plot_paired_differences
 from advseg.io import read_volume
 from advseg.io.atomic import atomic_write_text
 from advseg.training.log import TrainingLog
@@ -109,14 +109,15 @@ def write_report(path: str | Path, out: str | Path | None = None,
         parts = [f"<h1>{_e(collection.name)}</h1>", _overview(collection),
                  f"<p class='note'>No result tables: {_e(exc.problem)}.</p>"]
     if agg is not None:
-        figure = None  # the DSC-against-labels figure, where write_aggregate has drawn it already
+        drawn: dict[str, Path] = {}  # the figures write_aggregate has drawn already
         if collection.kind == "matrix":
-            figure = write_aggregate(agg, collection.root / "results").get("dsc_vs_labels.png")
+            drawn = write_aggregate(agg, collection.root / "results")
         parts += ["<h2>Results</h2>", f"<p class='note'>{_e(POOLING_NOTE)}</p>"]
         parts += [f"<p class='note'>{_e(n)}</p>" for n in agg.notes]
         for t in tables(agg):
             parts.append(f"<h3>{_e(t.title)}</h3>{html_table(t)}")
-        parts.append(_labels_figure(agg, figure))
+        parts.append(_labels_figure(agg, drawn.get("dsc_vs_labels.png")))
+        parts.append(_difference_figure(agg, drawn.get("dsc_difference.png")))
     parts.append(_learning_curves(collection))
     parts.append(_d_diagnostics(collection))
     parts.append(_overlays(collection, agg))
@@ -139,6 +140,17 @@ def _labels_figure(agg: Any, drawn: Path | None = None) -> str:
         if png is None:
             return ""
         return "<h3>DSC against labeled cases</h3>" + png_tag(png.read_bytes(), "DSC against labeled cases")
+
+
+def _difference_figure(agg: Any, drawn: Path | None = None) -> str:
+    """Each method's paired DSC difference from the baseline at its level, with case-bootstrap
+    intervals (where some method has a baseline cell at its level): ``drawn`` already, else here."""
+    with tempfile.TemporaryDirectory() as tmp:
+        png = drawn or plot_paired_differences(agg, Path(tmp) / "dsc_difference.png", "dsc")
+        if png is None:
+            return ""
+        title = f"DSC difference from {agg.baseline} at the same level (95 % case-bootstrap interval)"
+        return f"<h3>{_e(title)}</h3>" + png_tag(png.read_bytes(), title)
 
 
 def _e(text: Any) -> str:
