@@ -292,7 +292,14 @@ def test_cells_order_levels_and_packaged_configs(tmp_path: Path, tiny_phantom: P
         ["exp5_semi_real", "exp5_errors_real", "exp5_mean_teacher_real"], ["dataset"])
     assert all(v == ["extra"] and table2.method(k).synthesize["n"] == 30
                for k, v in pools.items() if k.startswith("exp6"))
-    assert len(expand_cells(table2)) == 45
+    assert len(expand_cells(table2)) == 37
+    t2runs: dict = {}
+    for c in expand_cells(table2):
+        t2runs.setdefault((c.method, c.level.label), []).append(c.seed)
+    assert t2runs[("exp5_errors_real", "n2")] == [0]
+    assert t2runs[("exp6_mean_teacher_synthetic", "n4")] == [0, 1, 2]
+    assert t2runs[("res_unet_aux", "1")] == [0, 1, 2]
+    assert m2.requested_config(expand_cells(table2)[0]).train.iterations == 2000
     # both label-scarce matrices train every cell the same iterations: no stop rule on a small
     # validation set picks the winners (it did on Hippocampus, 8 labeled cases)
     m_h = ExperimentMatrix(hippo, tmp_path / "h")
