@@ -66,12 +66,7 @@ def plot_metric_vs_labels(
         ax.set_title(organ)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_paired_differences(agg: Any, path: str | Path, metric: str = "dsc") -> Path | None:
@@ -120,6 +115,13 @@ def plot_paired_differences(agg: Any, path: str | Path, metric: str = "dsc") -> 
         ax.grid(alpha=0.3, axis="x")
     axes[0][0].set_yticks(ys, [f"{agg.arm_info[a]['method']} @ {level_text(agg.arm_info[a]['level'])}"
                                for a in arms], fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path, suffix=".png") as tmp:
