@@ -808,29 +808,15 @@ class ExperimentMatrix:
         if distributed.world_size() > 1:
             return self._run_distributed(indices, progress, results)
 
-        for i in indices or []:
-            if not 0 <= i < len(self.cells):
-                raise InputError(self.config.source,
-                                 f"--cell {i}: the matrix has cells 0..{len(self.cells) - 1}")
-        cells = self.cells if indices is None else [self.cells[i] for i in indices]
-        self.check_out()
-        # every finished cell and committed result is checked before anything is written
-        done = {c.index: self.done_record(c) for c in cells}
-        durations = [r["seconds"]["total"] for r in done.values() if r]
-        pending = [c for c in cells if done[c.index] is None]
-        committed = {c.index: self.committed_result(c, results) if results is not None else None
-                     for c in pending}
-        self.write_manifest()
-        records: dict[int, dict[str, Any]] = {i: r for i, r in done.items() if r}
+        cells, done, committed = self._plan(indices, results)
+        durations = [r["seconds"]["total"] for r in done.values()]
+        records: dict[int, dict[str, Any]] = dict(done)
         if results is not None:
-            for c in cells:
-                if done[c.index] is not None:
-                    export_cell_result(self.cell_folder(c), results)
-            for c in pending:
-                if committed[c.index] is not None:
-                    records[c.index] = committed[c.index]
-                    durations.append(float(committed[c.index].get("seconds", {}).get("total") or 0.0))
-            pending = [c for c in pending if committed[c.index] is None]
+            for i in done:
+                export_cell_result(self.cell_folder(self.cells[i]), results)
+        records.update(committed)
+        durations += [float(r.get("seconds", {}).get("total") or 0.0) for r in committed.values()]
+        pending = [c for c in cells if c.index not in records]
         display = MatrixProgress(len(cells), len(cells) - len(pending), durations, enabled=progress)
         for cell in pending:
             display.show(next_cell=cell)
@@ -842,6 +828,25 @@ class ExperimentMatrix:
         display.show(next_cell=None)
         return [records[c.index] for c in cells]
 
+    def _plan(self, indices: list[int] | None, results: str | Path | None
+              ) -> tuple[list[Cell], dict[int, dict[str, Any]], dict[int, dict[str, Any]]]:
+        """The cells to run (``indices``, default all), the records of those finished in the out
+        folder, and the committed results in ``results`` of the others (cell index -> record). Every
+        finished cell and committed result is checked before anything is written; then the manifest."""
+        for i in indices or []:
+            if not 0 <= i < len(self.cells):
+                raise InputError(self.config.source,
+                                 f"--cell {i}: the matrix has cells 0..{len(self.cells) - 1}")
+        cells = self.cells if indices is None else [self.cells[i] for i in indices]
+        self.check_out()
+        done = {c.index: r for c in cells if (r := self.done_record(c)) is not None}
+        committed = {}
+        if results is not None:
+            committed = {c.index: r for c in cells
+                         if c.index not in done and (r := self.committed_result(c, results)) is not None}
+        self.write_manifest()
+        return cells, done, committed
+
     def _run_distributed(self, indices: list[int] | None, progress: bool,
                          results: str | Path | None) -> list[dict[str, Any]]:
         """:meth:`run` under torchrun: rank 0 checks and lists the pending cells, every rank trains them."""
@@ -851,22 +856,9 @@ class ExperimentMatrix:
         committed: dict[int, dict[str, Any]] = {}  # rank 0's: the cells whose result is committed
 
         def plan() -> list[int]:
-            for i in indices or []:
-                if not 0 <= i < len(self.cells):
-                    raise InputError(self.config.source,
-                                     f"--cell {i}: the matrix has cells 0..{len(self.cells) - 1}")
-            self.check_out()
-            cells = self.cells if indices is None else [self.cells[i] for i in indices]
-            # as in the one-process path: a cell finished in this --out is exported, not retrained; one
-            # whose result is committed (and not finished here) is not trained again on this machine
-            done = {c.index for c in cells if self.done_record(c) is not None}
-            if results is not None:
-                for c in cells:
-                    if c.index not in done:
-                        doc = self.committed_result(c, results)
-                        if doc is not None:
-                            committed[c.index] = doc
-            self.write_manifest()
+            # a finished cell is trained by no rank (run_cell returns its record, then it is exported)
+            cells, _, found = self._plan(indices, results)
+            committed.update(found)
             return [c.index for c in cells if c.index not in committed]
 
         todo = distributed.run_on_main_first(plan, lambda shared: shared, share=lambda r: r)
