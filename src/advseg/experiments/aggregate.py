@@ -313,6 +313,10 @@ class Aggregate:
     baseline: str | None = None  # the method every other is set against, level by level
     cells: list[dict[str, Any]] = field(default_factory=list)  # cell_records(...): one per finished cell
 
+    def values(self, arm: str, organ: str, metric: str) -> dict[tuple, float]:
+        """``(case, fold, seed) -> value`` of one arm, organ and metric: what the paired tests pair."""
+        return _keyed(self.rows, arm, organ, metric)
+
     def samples(self, arm: str) -> int:
         return len({(r["case"], r["fold"], r["seed"]) for r in self.rows if r["arm"] == arm})
 
@@ -612,8 +616,8 @@ def baseline_table(agg: Aggregate, metric: str) -> Table | None:
             for organ in agg.organs:
                 text = format_stats(metric, agg.summary[arm][organ].get(metric, {}), agg.samples(arm))
                 if base is not None and arm != base:
-                    t = paired_wilcoxon(_keyed(agg.rows, arm, organ, metric),
-                                        _keyed(agg.rows, base, organ, metric), metric)
+                    t = paired_wilcoxon(agg.values(arm, organ, metric), agg.values(base, organ, metric),
+                                        metric)
                     if t.n and math.isfinite(t.p):
                         text += (f" ({t.mean_diff:+.{decimals(metric)}f}, "
                                  f"p {t.p:.2g}{'*' if t.p < 0.05 else ''}, n={t.n})")

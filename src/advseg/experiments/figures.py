@@ -91,10 +91,6 @@ def plot_paired_differences(agg: Any, path: str | Path, metric: str = "dsc") -> 
     order = {lv: i for i, lv in enumerate(dict.fromkeys(agg.arm_info[a]["level"] for a in agg.arms))}
     arms.sort(key=lambda a: (order[agg.arm_info[a]["level"]], agg.arms.index(a)))
 
-    def values(arm: str, organ: str) -> dict[tuple, float]:
-        return {(r["case"], r["fold"], r["seed"]): r.get(metric, math.nan)
-                for r in agg.rows if r["arm"] == arm and r["organ"] == organ}
-
     organs = list(agg.organs)
     height = max(2.2, 1.0 + 0.32 * len(arms))
     # one x scale for every organ: a difference reads the same size in each panel
@@ -104,7 +100,8 @@ def plot_paired_differences(agg: Any, path: str | Path, metric: str = "dsc") -> 
     for ax, organ in zip(axes[0], organs, strict=True):
         for y, arm in zip(ys, arms, strict=True):
             reference = base[agg.arm_info[arm]["level"]]
-            d = paired_difference_ci(values(arm, organ), values(reference, organ), metric)
+            d = paired_difference_ci(agg.values(arm, organ, metric), agg.values(reference, organ, metric),
+                                     metric)
             if d.n == 0:
                 continue
             err = None if math.isnan(d.low) else [[d.mean - d.low], [d.high - d.mean]]

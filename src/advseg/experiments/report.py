@@ -31,7 +31,7 @@ import io
 import json
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,22 +134,24 @@ def write_report(path: str | Path, out: str | Path | None = None,
 def _labels_figure(agg: Any, drawn: Path | None = None) -> str:
     """The tables' DSC against labeled cases per method (where the arms span two levels or more):
     the PNG ``drawn`` already, else drawn here."""
-    with tempfile.TemporaryDirectory() as tmp:
-        png = drawn or plot_metric_vs_labels(agg, Path(tmp) / "dsc_vs_labels.png", "dsc",
-                                             total_cases=agg.training_cases)
-        if png is None:
-            return ""
-        return "<h3>DSC against labeled cases</h3>" + png_tag(png.read_bytes(), "DSC against labeled cases")
+    return _figure("DSC against labeled cases", drawn,
+                   lambda path: plot_metric_vs_labels(agg, path, "dsc", total_cases=agg.training_cases))
 
 
 def _difference_figure(agg: Any, drawn: Path | None = None) -> str:
     """Each method's paired DSC difference from the baseline at its level, with case-bootstrap
     intervals (where some method has a baseline cell at its level): ``drawn`` already, else here."""
+    return _figure(f"DSC difference from {agg.baseline} at the same level (95 % case-bootstrap interval)",
+                   drawn, lambda path: plot_paired_differences(agg, path, "dsc"))
+
+
+def _figure(title: str, drawn: Path | None, draw: Callable[[Path], Path | None]) -> str:
+    """A titled figure: the PNG ``drawn`` already, else ``draw(path)`` into a temporary file; ""
+    where there is nothing to draw."""
     with tempfile.TemporaryDirectory() as tmp:
-        png = drawn or plot_paired_differences(agg, Path(tmp) / "dsc_difference.png", "dsc")
+        png = drawn or draw(Path(tmp) / "figure.png")
         if png is None:
             return ""
-        title = f"DSC difference from {agg.baseline} at the same level (95 % case-bootstrap interval)"
         return f"<h3>{_e(title)}</h3>" + png_tag(png.read_bytes(), title)
 
 
