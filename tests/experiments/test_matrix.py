@@ -604,6 +604,13 @@ def test_cells_with_committed_results_are_not_trained_again(matrix_run: dict, tm
     assert trained == [fresh.cell_folder(c) for c in fresh.cells[6:]]
     assert not (fresh.cell_folder(fresh.cells[0]) / DONE_FILE).exists()
     assert len(read_results(results)) == 8  # the two trained cells were written too
+    # one committed cell asked for again in a fresh folder: says where its result is, trains nothing
+    trained.clear()
+    res = runner.invoke(app, ["experiment", str(matrix_run["config"]), "--out", str(tmp_path / "fourth"),
+                              "--results", str(results), "--cell", "0", "--quiet"])
+    assert res.exit_code == 0 and trained == [], res.output
+    assert f"1 requested cell already in {results}, none trained" in res.output
+    assert "no finished cell" not in res.output
     # the plan changed since the file was computed: refused before any training, the file untouched
     path = results / "res_unet" / "0.5" / "seed0_fold0.json"
     doc = json.loads(path.read_text())

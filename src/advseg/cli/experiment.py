@@ -55,8 +55,10 @@ def experiment(
                 for line in matrix.list_commands(config, data, results):
                     typer.echo(line)
                 return
+            records: list = []
             if not aggregate_only:
-                matrix.run([cell] if cell is not None else None, progress=not quiet, results=results)
+                records = matrix.run([cell] if cell is not None else None, progress=not quiet,
+                                     results=results)
                 from advseg.training import distributed
 
                 if distributed.world_size() > 1:  # torchrun: every rank trained; rank 0 goes on alone
@@ -68,7 +70,12 @@ def experiment(
                 matrix.check_out()
             done, total = matrix.status()
             if done == 0:
-                typer.echo(f"{matrix.out}: no finished cell yet (0 of {total})")
+                if records:  # nothing trained here: every requested cell's result was already committed
+                    typer.echo(f"{len(records)} requested cell{'s' if len(records) > 1 else ''} already in "
+                               f"{results}, none trained; tables: advseg experiment {config} --aggregate "
+                               f"--results {results}")
+                else:
+                    typer.echo(f"{matrix.out}: no finished cell yet (0 of {total})")
                 return
             if cell is not None and done < total and not aggregate_only:
                 typer.echo(f"cell {cell} finished; {done} of {total} cells done in {matrix.out}")
