@@ -488,6 +488,7 @@ def test_results_files_rebuild_the_matrix_tables(matrix_run: dict, tmp_path: Pat
     assert paths[0] == results / "res_unet" / "0.5" / "seed0_fold0.json"
     doc = json.loads(paths[0].read_text())
     assert doc["format"] == RESULT_FORMAT and doc["cell"]["method"] == "res_unet"
+    assert doc["hardware"]["cpu"] and doc["hardware"]["cpu_count"]
     assert doc["per_case"] and {"case", "organ", "dsc", "hd95"} <= set(doc["per_case"][0])
     assert paths[0].stat().st_size < 200_000  # small enough to commit
     # the run folders are gone (a new machine): the tables come from the files alone, and equal
@@ -704,3 +705,18 @@ def test_cost_table_shows_the_mask_in_use_and_its_accuracy(tmp_path: Path) -> No
     sup = cost_summary([CellResult("s", "n4", 0, 0, tmp_path, tmp_path, info=_cell_info(
         {"config": {"adversarial": {"enabled": False}}, "train": {"iterations": 80}}, None))])
     assert sup["mask_pass_fraction"]["n"] == 0 and sup["iterations"]["mean"] == 80
+
+
+def test_costs_from_more_than_one_kind_of_cpu_are_flagged(tmp_path: Path) -> None:
+    from advseg.experiments.aggregate import _cell_info, hardware_notes
+    from advseg.experiments.results import cpu_model
+
+    def cell(seed: int, cpu: str | None) -> CellResult:
+        record = {"train": {"iterations": 10}, "hardware": {"cpu": cpu} if cpu else {}}
+        return CellResult("m", "n4", seed, 0, tmp_path, tmp_path, info=_cell_info(record, None))
+
+    assert hardware_notes([cell(0, "CPU A"), cell(1, "CPU A")]) == []
+    (note,) = hardware_notes([cell(0, "CPU A"), cell(1, "CPU A"), cell(2, "CPU B"), cell(3, None)])
+    assert note.startswith("train seconds come from 3 kinds of CPU")
+    assert "CPU A: 2 cells" in note and "CPU B: 1 cell" in note and "not recorded: 1 cell" in note
+    assert isinstance(cpu_model(), str) and cpu_model()

@@ -187,7 +187,8 @@ def _cell_info(record: Mapping[str, Any], validation: Mapping[str, Any] | None) 
     cfg = record.get("config") or record.get("requested_config") or {}
     supervised = (not adv.get("enabled")) and not (cfg.get("mean_teacher") or {}).get("enabled")
     return {"train": dict(record.get("train") or {}), "seconds": dict(record.get("seconds") or {}),
-            "validation": val, "supervised": bool(cfg) and supervised, "inputs": record.get("inputs")}
+            "validation": val, "supervised": bool(cfg) and supervised, "inputs": record.get("inputs"),
+            "cpu": (record.get("hardware") or {}).get("cpu")}
 
 
 def input_notes(cells: Sequence[CellResult]) -> list[str]:
@@ -212,6 +213,21 @@ def input_notes(cells: Sequence[CellResult]) -> list[str]:
             notes.append(f"{method}: its cells used {len(pools)} different unlabeled pools: "
                          + "; ".join(", ".join(p) or "none" for p in sorted(pools)))
     return notes
+
+
+def hardware_notes(cells: Sequence[CellResult]) -> list[str]:
+    """A warning where the cells' train seconds come from more than one kind of CPU (by the model
+    name their result files record; older files without it count as "not recorded"): the cost
+    columns then compare machines as well as methods."""
+    kinds: dict[str, int] = {}
+    for c in cells:
+        name = c.info.get("cpu") or "not recorded"
+        kinds[name] = kinds.get(name, 0) + 1
+    if len(kinds) < 2:
+        return []
+    return [f"train seconds come from {len(kinds)} kinds of CPU ("
+            + ", ".join(f"{k}: {n} cell{'s' if n > 1 else ''}" for k, n in sorted(kinds.items()))
+            + "): compare costs between cells of one kind"]
 
 
 def _level_order(label: str) -> tuple[int, float]:
@@ -418,7 +434,7 @@ def aggregate(
     costs = {arm: cost_summary([c for c in collection.cells if c.arm == arm]) for arm in arms}
     baseline = baseline_method(collection, [arm_info[a]["method"] for a in arms])
     cells = cell_records(collection.cells, rows, organs, baseline)
-    notes = input_notes(collection.cells)
+    notes = input_notes(collection.cells) + hardware_notes(collection.cells)
     finished, total = len(collection.cells), collection.total_cells
     if planned is not None:
         plan = set(planned)

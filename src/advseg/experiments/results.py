@@ -112,7 +112,7 @@ def cell_result(folder: str | Path, command: str | None = None) -> dict[str, Any
         "summary": record.get("summary", {}),
         "last_validation": last,
         "best_validation": best,
-        "hardware": {"machine": platform.machine(), "cpu_count": os.cpu_count(),
+        "hardware": {"machine": platform.machine(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
                      "torch_threads": _torch_threads()},
         "finished": record.get("finished"),
     })
@@ -125,6 +125,18 @@ def _case_counts(folder: Path) -> dict[str, int]:
         return {}
     splits = json.loads(path.read_text())
     return {k: len(splits.get(k) or []) for k in ("labeled", "unlabeled_withheld", "val", "unlabeled_extra")}
+
+
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo`` on Linux, else :func:`platform.processor`):
+    train seconds are only comparable between cells that ran on the same kind of CPU."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _torch_threads() -> int | None:
