@@ -489,6 +489,9 @@ def test_results_files_rebuild_the_matrix_tables(matrix_run: dict, tmp_path: Pat
     doc = json.loads(paths[0].read_text())
     assert doc["format"] == RESULT_FORMAT and doc["cell"]["method"] == "res_unet"
     assert doc["hardware"]["cpu"] and doc["hardware"]["cpu_count"]
+    # the machine the cell trained on, as its record says, not the one exporting it
+    trained_on = json.loads((matrix.cell_folder(matrix.cells[0]) / "cell.json").read_text())["hardware"]
+    assert doc["hardware"] == trained_on
     assert doc["per_case"] and {"case", "organ", "dsc", "hd95"} <= set(doc["per_case"][0])
     assert paths[0].stat().st_size < 200_000  # small enough to commit
     # the run folders are gone (a new machine): the tables come from the files alone, and equal

@@ -95,6 +95,7 @@ from advseg.experiments.results import (
     MATRIX_FILE,
     RESULT_FORMAT,
     export_cell_result,
+    hardware_record,
     level_text,
     read_result,
     result_path,
@@ -783,6 +784,7 @@ class ExperimentMatrix:
             "seconds": {"train": t_before + t_train, "evaluate": time.perf_counter() - t0 - t_train,
                         "total": t_before + time.perf_counter() - t0},
             "summary": summary,
+            "hardware": hardware_record(),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         atomic_write_text(folder / DONE_FILE, json.dumps(record, indent=1) + "\n")  # last: the cell is done

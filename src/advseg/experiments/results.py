@@ -112,8 +112,8 @@ def cell_result(folder: str | Path, command: str | None = None) -> dict[str, Any
         "summary": record.get("summary", {}),
         "last_validation": last,
         "best_validation": best,
-        "hardware": {"machine": platform.machine(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-                     "torch_threads": _torch_threads()},
+        # where the cell trained (its record says so since 2026-12-04), else where it is exported
+        "hardware": record.get("hardware") or hardware_record(),
         "finished": record.get("finished"),
     })
 
@@ -125,6 +125,12 @@ def _case_counts(folder: Path) -> dict[str, int]:
         return {}
     splits = json.loads(path.read_text())
     return {k: len(splits.get(k) or []) for k in ("labeled", "unlabeled_withheld", "val", "unlabeled_extra")}
+
+
+def hardware_record() -> dict[str, Any]:
+    """What the train seconds were measured on: this process's CPU model, cores and torch threads."""
+    return {"machine": platform.machine(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+            "torch_threads": _torch_threads()}
 
 
 def cpu_model() -> str:
