@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -67,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from advseg.errors import InputError
     from advseg.evaluation.evaluate import format_summary
     from advseg.experiments.matrix import Cell, ExperimentMatrix, Level, MethodSpec, load_matrix_config
-    from advseg.experiments.results import cpu_model
+    from advseg.experiments.results import hardware_record
     from advseg.io.atomic import atomic_write_text
 
     torch.set_num_threads(args.threads)
@@ -106,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     summary = record["summary"]
     hardware = {
-        "machine": platform.machine(), "processor": cpu_model(),
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        **hardware_record(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_average_at_start": [round(x, 2) for x in load],
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],

@@ -25,6 +25,7 @@ import csv
 import io
 import json
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -219,10 +220,7 @@ def hardware_notes(cells: Sequence[CellResult]) -> list[str]:
     """A warning where the cells' train seconds come from more than one kind of CPU (by the model
     name their result files record; older files without it count as "not recorded"): the cost
     columns then compare machines as well as methods."""
-    kinds: dict[str, int] = {}
-    for c in cells:
-        name = c.info.get("cpu") or "not recorded"
-        kinds[name] = kinds.get(name, 0) + 1
+    kinds = Counter(c.info.get("cpu") or "not recorded" for c in cells)
     if len(kinds) < 2:
         return []
     return [f"train seconds come from {len(kinds)} kinds of CPU ("
