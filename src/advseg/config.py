@@ -325,6 +325,10 @@ class TrainConfig:
     checkpoint_every: int = param(500, ge(0))  # 0: only at the end
     figure_every: int = param(0, ge(0))  # 0: with every validation
     seed: int = param(0, ge(0))
+    # Seed of the fold split and of the labeled subset; None: seed. Set apart from seed, a run trains
+    # on the same cases as another with a new initialisation, sampling and augmentation: the
+    # run-to-run spread a one-seed comparison of methods has to exceed (docs/results.md).
+    split_seed: int | None = param(None, ge(0))
     device: str = param("auto", _device)  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision on CUDA
     # CUDA autocast dtype: float16 (with a GradScaler) | bfloat16 (no scaler)
@@ -351,6 +355,11 @@ class TrainConfig:
     # a supervised one); optimizers, step and D start fresh. Ignored on --resume.
     init_from: str | None = None
     slices_2d: bool = False  # train a 2D network on axial slices of the 3D volumes
+
+    @property
+    def data_seed(self) -> int:
+        """The seed that picks the fold split and the labeled subset (``split_seed``, else ``seed``)."""
+        return self.seed if self.split_seed is None else self.split_seed
 
 
 @dataclass

@@ -702,7 +702,7 @@ class ExperimentMatrix:
 
             names = sorted(c.name for c in index.training)
             path = splits_path(_cache_root(cfg), index, cfg)  # the split file training uses
-            splits = load_or_create_splits(path, names, cfg.train.folds, cfg.train.seed)
+            splits = load_or_create_splits(path, names, cfg.train.folds, cfg.train.data_seed)
             val = splits[cfg.train.fold]["val"]
             return [TestCase(n, index.case(n).images, index.case(n).label) for n in val]
         if mode in ("dataset", "holdout"):

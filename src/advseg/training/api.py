@@ -56,7 +56,7 @@ def select_cases(cfg: Config, index: DatasetIndex, splits_path: Path) -> dict[st
         raise InputError(
             index.root, f"need at least 2 labeled cases (training + validation), found {len(names)}"
         )
-    splits = load_or_create_splits(splits_path, names, cfg.train.folds, cfg.train.seed)
+    splits = load_or_create_splits(splits_path, names, cfg.train.folds, cfg.train.data_seed)
     if not 0 <= cfg.train.fold < len(splits):
         raise InputError(None, f"train.fold={cfg.train.fold} but the split has {len(splits)} folds")
     fold = splits[cfg.train.fold]
@@ -65,7 +65,7 @@ def select_cases(cfg: Config, index: DatasetIndex, splits_path: Path) -> dict[st
         train,
         fraction=None if cfg.train.labeled_count else cfg.train.labeled_fraction,
         count=cfg.train.labeled_count,
-        seed=cfg.train.seed,
+        seed=cfg.train.data_seed,
     )
     use = cfg.uses_unlabeled and "withheld" in cfg.train.unlabeled_pool
     withheld = unlabeled_complement(train, labeled) if use else []
@@ -96,7 +96,7 @@ def splits_path(cache_root: Path, index: DatasetIndex, cfg: Config) -> Path:
     """
     names = "\n".join(sorted(c.name for c in index.training))
     key = hashlib.sha1(names.encode()).hexdigest()[:10]
-    return cache_root / index.name / f"splits_{key}_{cfg.train.folds}fold_seed{cfg.train.seed}.json"
+    return cache_root / index.name / f"splits_{key}_{cfg.train.folds}fold_seed{cfg.train.data_seed}.json"
 
 
 def _check_out(out: Path, resume: bool) -> None:
