@@ -24,6 +24,7 @@ from advseg.experiments.aggregate import (
     aggregate,
     comparison_table,
     find_results,
+    seeds_table,
     summary_markdown,
     tables,
     write_aggregate,
@@ -438,6 +439,33 @@ def test_baseline_table_sets_each_method_against_supervised_at_its_level(tmp_pat
     # a report naming another baseline wins
     coll.report = {"baseline": "meth"}
     assert aggregate(coll, metrics=("dsc",)).baseline == "meth"
+
+
+def test_seeds_table_shows_each_seed_against_the_baseline_of_the_same_seed(tmp_path: Path) -> None:
+    hd = {c: 5.0 for c in ("c1", "c2")}
+    dsc = {("base", 0): (0.70, 0.80), ("base", 1): (0.60, 0.70), ("meth", 0): (0.72, 0.82),
+           ("meth", 1): (0.59, 0.69), ("one", 1): (0.65, 0.75)}
+    cells = []
+    for (method, seed), (a, b) in dsc.items():
+        c = _fake_cell(tmp_path / f"s{seed}", method, "n4", 0, {"c1": a, "c2": b}, hd)
+        c.seed = seed
+        c.info["supervised"] = method == "base"
+        cells.append(c)
+    cells.append(_fake_cell(tmp_path, "base", "n8", 0, {"c1": 0.9, "c2": 0.9}, hd))  # one seed: no row
+    cells[-1].info["supervised"] = True
+    coll = Collection("results", tmp_path, "toy", cells, 6, [c.arm for c in cells])
+    agg = aggregate(coll, metrics=("dsc",))
+    table = seeds_table(agg)
+    assert table is not None and table in tables(agg)
+    rows = {r[0][0]: [c[0] for c in r] for r in table.rows}
+    assert list(rows) == ["base", "meth", "one"]  # the 8-case level ran one seed per arm: left out
+    assert rows["base"][2:] == ["0, 1", f"0.750 / 0.650 (sd {np.std([0.75, 0.65], ddof=1):.3f})"]
+    # the method's difference seed by seed: a gain with seed 0, a loss with seed 1
+    assert rows["meth"][3] == f"+0.020 / -0.010 (mean +0.005, sd {np.std([0.02, -0.01], ddof=1):.3f})"
+    assert rows["one"][2:] == ["1", "+0.050"]  # against the baseline's seed 1, not its mean
+    # a single seed everywhere: no table
+    single = Collection("results", tmp_path, "toy", cells[:1] + cells[2:3], 2, [cells[0].arm, cells[2].arm])
+    assert seeds_table(aggregate(single, metrics=("dsc",))) is None
 
 
 @pytest.mark.slow

@@ -717,8 +717,57 @@ def cells_table(agg: Aggregate) -> Table | None:
                  ["l", "l", *["r"] * (len(header) - 2)])
 
 
+def seeds_table(agg: Aggregate, metric: str = "dsc") -> Table | None:
+    """Rows the arms of every level where some arm ran more than one cell, the baseline's arm first;
+    columns organs. The baseline's row lists its test mean ``metric`` per cell (seed, fold) and their
+    std; every other arm's row its difference from the baseline's cell of the same seed and fold,
+    cell by cell, then their mean and std. What a pooled paired test hides: whether a method's gain
+    holds seed by seed, and how far the baseline itself moves from one training seed to the next.
+    None where no arm ran more than one cell."""
+    if metric not in agg.metrics or not agg.cells:
+        return None
+    by_arm: dict[str, list[dict[str, Any]]] = {}
+    for r in agg.cells:
+        by_arm.setdefault(f"{r['method']}@{r['level']}", []).append(r)
+    many = {recs[0]["level"] for recs in by_arm.values() if len(recs) > 1}
+    if not many:
+        return None
+    spec = f".{decimals(metric)}f"
+    rows = []
+    for arm, recs in by_arm.items():
+        info = agg.arm_info.get(arm, {"method": recs[0]["method"], "level": recs[0]["level"]})
+        base = f"{agg.baseline}@{info['level']}" if agg.baseline is not None else None
+        base_recs = {(r["seed"], r["fold"]): r for r in by_arm.get(base, [])} if base else {}
+        if info["level"] not in many:
+            continue
+        cells = [(info["method"], False), (level_text(info["level"]), False),
+                 (", ".join(str(r["seed"]) if len(set(x["fold"] for x in recs)) == 1
+                            else f"{r['seed']}/{r['fold']}" for r in recs), False)]
+        for organ in agg.organs:
+            key = f"{metric}_{organ}"
+            if arm == base or base is None:
+                vals = [r[key] for r in recs]
+            else:
+                vals = [r[key] - base_recs[(r["seed"], r["fold"])][key]
+                        if (r["seed"], r["fold"]) in base_recs else math.nan for r in recs]
+            sign = "" if arm == base or base is None else "+"
+            each = " / ".join("-" if not math.isfinite(v) else format(v, sign + spec) for v in vals)
+            st = describe(vals)
+            tail = (f" (sd {st['std']:{spec}})" if arm == base or base is None else
+                    f" (mean {st['mean']:+{spec}}, sd {st['std']:{spec}})")
+            cells.append((each + (tail if int(st["n"]) > 1 else ""), False))
+        rows.append(cells)
+    what = _TITLES.get(metric, metric)
+    against = (f"; every other method: its difference from {agg.baseline} with the same seed and labels"
+               if agg.baseline else "")
+    return Table(f"{what} per seed (test mean per cell{against})",
+                 ["Method", "Labeled", "seeds", *agg.organs], rows, ["l", "l", "l", *["r"] * len(agg.organs)])
+
+
 def tables(agg: Aggregate) -> list[Table]:
     out = [t for m in TEST_METRICS if (t := baseline_table(agg, m)) is not None]
+    if (seeds := seeds_table(agg, "dsc")) is not None:
+        out.append(seeds)
     out.append(overview_table(agg, "dsc"))
     if "hd95" in agg.metrics:
         out.append(overview_table(agg, "hd95"))
