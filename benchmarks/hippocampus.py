@@ -42,6 +42,25 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "msd-hippocampus"
 
 
+MACHINE_OPTIONS = ("--out", "--results", "--data")
+
+
+def portable_command(given: list[str]) -> str:
+    """The cell's command as anyone would rerun it from the repository root: without the options
+    that name this machine's folders (``--out``, ``--results``, ``--data``), whose defaults are the
+    matrix cell folder, the committed results folder and the shared dataset."""
+    kept: list[str] = []
+    skip = False
+    for arg in given:
+        if skip:
+            skip = False
+        elif arg in MACHINE_OPTIONS:
+            skip = True
+        elif not arg.startswith(tuple(f"{o}=" for o in MACHINE_OPTIONS)):
+            kept.append(arg)
+    return shlex.join(["python", "benchmarks/hippocampus.py", *kept])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     level = p.add_mutually_exclusive_group(required=True)
@@ -118,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     if str(args.results):
         from advseg.experiments.results import export_cell_result
 
-        print(f"cell result: {export_cell_result(folder, args.results, command=command)}")
+        print(f"cell result: {export_cell_result(folder, args.results, command=portable_command(given))}")
     print(format_summary(summary))
     s = record["seconds"]
     print(f"\n{args.method} {level.label} labeled: train {s['train']:.0f} s, predict + evaluate "

@@ -468,22 +468,38 @@ def test_seeds_table_shows_each_seed_against_the_baseline_of_the_same_seed(tmp_p
     assert seeds_table(aggregate(single, metrics=("dsc",))) is None
 
 
-@pytest.mark.slow
-def test_hippocampus_benchmark_cell_and_predict_evaluate_elsewhere(hippocampus: Path, tmp_path: Path) -> None:
-    """The real-data benchmark at 2 iterations (preprocesses all 330 volumes: about a minute), then
-    `advseg predict` / `advseg evaluate` of its run folder on another folder of hippocampus cases."""
+def _hippocampus_bench():
     import importlib.util
-    import shutil
 
     spec = importlib.util.spec_from_file_location("hippo_bench", Path(__file__).parents[2] / "benchmarks"
                                                   / "hippocampus.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_hippocampus_cell_command_drops_this_machines_folders() -> None:
+    """The command committed with a cell result reruns the cell anywhere: no scratch paths."""
+    bench = _hippocampus_bench()
+    given = ["--count", "16", "--seed", "2", "--method", "mean_teacher", "--threads", "1",
+             "--out", "/work/runs/x y", "--results=/tmp/res", "--data", "/mnt/d", "--set", "train.seed=3"]
+    assert bench.portable_command(given) == ("python benchmarks/hippocampus.py --count 16 --seed 2 --method "
+                                             "mean_teacher --threads 1 --set train.seed=3")
+
+
+@pytest.mark.slow
+def test_hippocampus_benchmark_cell_and_predict_evaluate_elsewhere(hippocampus: Path, tmp_path: Path) -> None:
+    """The real-data benchmark at 2 iterations (preprocesses all 330 volumes: about a minute), then
+    `advseg predict` / `advseg evaluate` of its run folder on another folder of hippocampus cases."""
+    import shutil
+
+    bench = _hippocampus_bench()
     run = tmp_path / "run"
     assert bench.main(["--fraction", "0.1", "--method", "res_unet", "--iterations", "2", "--data",
                        str(hippocampus), "--out", str(run), "--threads", "1",
                        "--results", str(tmp_path / "results")]) == 0
-    assert (tmp_path / "results" / "res_unet" / "0.1" / "seed0_fold0.json").is_file()
+    result = json.loads((tmp_path / "results" / "res_unet" / "0.1" / "seed0_fold0.json").read_text())
+    assert str(tmp_path) not in result["command"] and "--iterations 2" in result["command"]
     record = json.loads((run / DONE_FILE).read_text())
     assert len(record["test_cases"]) == 40 and set(record["summary"]) == {"Anterior", "Posterior"}
     doc = json.loads((run / "benchmark.json").read_text())
