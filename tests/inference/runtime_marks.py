@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from advseg.cli.main import app
+from advseg.inference.engines import cpu_has_bf16
 from advseg.io import read_volume
 
 runner = CliRunner()
@@ -33,3 +34,4 @@ needs_nncf = pytest.mark.skipif(importlib.util.find_spec("openvino") is None
                                 or importlib.util.find_spec("nncf") is None,
                                 reason="openvino / onnxscript / nncf not installed "
                                        "(pip install 'advseg[int8]')")
+needs_bf16 = pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bf16 (AVX512-BF16 or AMX)")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from runtime_marks import needs_ort, needs_ov
+from runtime_marks import needs_bf16, needs_ort, needs_ov
 
 from advseg.config import apply_overrides, load_preset
 from advseg.errors import InputError
+from advseg.inference import engines
 from advseg.inference.engines import TorchEngine, build_engine, resolve_precision
 from advseg.inference.fuse import fold_batchnorm
 from advseg.networks.factory import build_network
@@ -63,6 +64,7 @@ def test_torch_engine_fp32_equals_network_and_returns_float32() -> None:
     assert out.dtype == torch.float32 and engine.size_divisor == net.size_divisor
 
 
+@needs_bf16
 def test_torch_engine_bf16_keeps_heads_float32_and_close_labels() -> None:
     net = _trained_like_net()
     engine = TorchEngine(net, "cpu", "bf16")
@@ -76,6 +78,14 @@ def test_torch_engine_bf16_keeps_heads_float32_and_close_labels() -> None:
     # benchmarks/inference_accuracy.py (>= 99.9 % identical voxels)
     assert _same(out, ref) > 0.95
     assert float((out - ref).abs().mean()) < 0.05 * float(ref.abs().mean()) + 1e-3
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_an_input_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engines, "cpu_has_bf16", lambda: False)
+    with pytest.raises(InputError, match="native bfloat16"):
+        TorchEngine(_trained_like_net(), "cpu", "bf16")
+    assert TorchEngine(_trained_like_net(), "cpu", "fp32").precision == "fp32"
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
 
 
 def test_precision_auto_and_bad_values() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from runtime_marks import needs_ort, needs_ov, predict_labels
+from runtime_marks import needs_bf16, needs_ort, needs_ov, predict_labels
 from typer.testing import CliRunner
 
 from advseg.cli.main import app
@@ -21,12 +21,26 @@ def fp32_labels(tiny_run: Path, tiny_phantom: Path, tmp_path_factory) -> dict[st
                     "--precision", "fp32")
 
 
+@needs_bf16
 def test_bf16_precision_labels_close_to_fp32(tiny_run: Path, tiny_phantom: Path, tmp_path: Path,
                                              fp32_labels: dict[str, np.ndarray]) -> None:
     bf16 = predict_labels(tiny_run, tiny_phantom / "imagesTs", tmp_path / "bf16", "--precision", "bf16")
     assert bf16.keys() == fp32_labels.keys() and len(bf16) == 2
     same = np.mean([np.mean(bf16[k] == fp32_labels[k]) for k in bf16])
     assert same > 0.98  # 4-iteration model: small margins; trained models: benchmarks/inference_accuracy.py
+
+
+def test_bf16_on_a_cpu_without_it_is_one_line_and_writes_nothing(tiny_run: Path, tiny_phantom: Path,
+                                                                 tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from advseg.inference import engines
+
+    monkeypatch.setattr(engines, "cpu_has_bf16", lambda: False)
+    out = tmp_path / "bf16"
+    res = runner.invoke(app, ["predict", str(tiny_run), str(tiny_phantom / "imagesTs"), str(out), "--device",
+                              "cpu", "--precision", "bf16"])
+    assert res.exit_code != 0 and "native bfloat16" in res.output
+    assert "Traceback" not in res.output and not list(out.glob("*.nii.gz"))
 
 
 @pytest.mark.parametrize("engine", [pytest.param("onnxruntime", marks=needs_ort),
