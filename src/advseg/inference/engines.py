@@ -84,13 +84,14 @@ class TorchEngine(nn.Module):
                  fold_bn: bool = True, channels_last: bool = True) -> None:
         super().__init__()
         device = torch.device(device)
-        if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        bf16_on_cpu = precision == "bf16" and device.type == "cpu"
+        if bf16_on_cpu and not cpu_has_bf16():
             # without oneDNN's bf16 kernels PyTorch has no bf16 3D average pooling on the CPU, and
             # emulated bf16 convolutions would be slower than float32 anyway
             raise InputError(None, "precision bf16 needs a CPU with native bfloat16 (AVX512-BF16 or AMX) "
                                    "and this one has none: use --precision fp32 or auto")
         net = fold_batchnorm(net)[0] if fold_bn else copy.deepcopy(net).eval()
-        self.dtype = torch.bfloat16 if precision == "bf16" and device.type == "cpu" else torch.float32
+        self.dtype = torch.bfloat16 if bf16_on_cpu else torch.float32
         net = net.to(device)
         if self.dtype == torch.bfloat16:
             net = net.to(torch.bfloat16)
